@@ -1,0 +1,249 @@
+"""Every message of wire protocol v1, defined once.
+
+One msgspec `Struct` per message, tagged on `"type"`, gathered in one union per
+direction. The JSON schema (`schema.json`) and the validation done by the
+decoders both come from these classes, so this module *is* the protocol.
+
+Pinned rule: fields here may be added, never renamed, removed or changed.
+Unknown fields in incoming objects are ignored (msgspec's default), which is
+what lets either side add fields without breaking the other.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta
+
+from .errors import ErrorCode
+
+PROTOCOL_VERSION = 1
+
+#: A request id: chosen by the host, echoed on every event and reply.
+RequestId = Union[int, str]
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+StopReason = Literal["eos", "stop_sequence", "max_tokens", "aborted", "context_full"]
+Role = Literal["system", "user", "assistant"]
+
+_Seed = Annotated[int, Meta(ge=0, le=0xFFFFFFFE, description="Sampling seed (uint32, 0xFFFFFFFF excluded)")]
+_Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class _Message(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every frame's object: `type` is the tag."""
+
+
+# --------------------------------------------------------------------------
+# host -> worker
+# --------------------------------------------------------------------------
+
+
+class Init(_Message, tag="init", kw_only=True):
+    """Handshake. Must come before anything but `ping`."""
+
+    id: RequestId
+    protocol_version: int
+    log_level: LogLevel | None = None
+    """When set, critical events at this level or above also reach the host as `log` frames."""
+
+
+class Load(_Message, tag="load", kw_only=True):
+    """Load a model and create its context; replaces a loaded one on success."""
+
+    id: RequestId
+    model_path: str | None = None
+    """Path to a GGUF file. Omitted or null: the default model."""
+    n_ctx: Annotated[int, Meta(ge=0)] | None = None
+    """Context size in tokens. Default 4096, capped at the model's training context; 0: the training context."""
+    n_threads: Annotated[int, Meta(ge=1, le=1024)] | None = None
+    """Default: the cores this process may run on."""
+    n_gpu_layers: Annotated[int, Meta(ge=-1)] | None = None
+    """Layers to offload to a GPU; -1: all. Default 0."""
+    seed: _Seed | None = None
+    """Makes the sequence of per-request seeds (for requests without `seed`) reproducible."""
+    chat_format: str | None = None
+    """A built-in chat format name, or "auto" (default): the GGUF's template, else one chosen from the model's metadata."""
+    system_prompt: str | None = None
+    """System prompt of the fresh chat session that a successful load starts."""
+    use_extra_bufts: bool | None = None
+    """llama.cpp's extra CPU buffer types (AMX, repacking). Null: on, except on CPUs with AMX where they crash."""
+    n_batch: Annotated[int, Meta(ge=1)] | None = None
+    """Prompt evaluation batch size. Default 512."""
+    flash_attn: bool | None = None
+    """Flash attention. Default off on the CPU (it slows long contexts there)."""
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    """One turn of a conversation."""
+
+    role: Role
+    content: str
+
+
+class Generate(_Message, tag="generate", kw_only=True):
+    """Generate a reply (chat mode) or a continuation (completion mode)."""
+
+    id: RequestId
+    input: Union[str, list[ChatMessage]]
+    """A string: the next user turn of the session. A list: replaces the history; the last must be a user message."""
+    max_tokens: Annotated[int, Meta(ge=1)] = 512
+    temperature: Annotated[float, Meta(ge=0.0)] = 0.8
+    """0 means greedy decoding."""
+    top_p: _Probability = 0.95
+    stop: list[Annotated[str, Meta(min_length=1)]] = []
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    """Default 40; 0 turns it off."""
+    min_p: _Probability | None = None
+    """Default 0.05."""
+    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    """Default 1.1 over the last 64 tokens; 1.0 turns it off."""
+    seed: _Seed | None = None
+    """Default: a fresh seed per request, reported in `done.seed`."""
+    mode: Literal["chat", "completion"] = "chat"
+    """"completion": continue raw text without a chat template; the session is left alone."""
+
+
+class Abort(_Message, tag="abort", kw_only=True):
+    """Stop a running request. Idempotent."""
+
+    id: RequestId
+    target: RequestId | None = None
+    """Id of the request to stop. Omitted: whatever runs."""
+
+
+class Reset(_Message, tag="reset", kw_only=True):
+    """Clear the chat history."""
+
+    id: RequestId
+    system_prompt: str | None = None
+    """New system prompt. Omitted: keep the current one. Empty string: none."""
+
+
+class Ping(_Message, tag="ping", kw_only=True):
+    """Liveness check, answered at once in any state."""
+
+    id: RequestId
+
+
+class Cleanup(_Message, tag="cleanup", kw_only=True):
+    """Abort whatever runs and free the session, context and model."""
+
+    id: RequestId
+
+
+Request = Union[Init, Load, Generate, Abort, Reset, Ping, Cleanup]
+
+# --------------------------------------------------------------------------
+# worker -> host
+# --------------------------------------------------------------------------
+
+
+class Ready(_Message, tag="ready", kw_only=True):
+    id: RequestId
+    protocol_version: int
+    worker_version: str
+    llama_cpp_version: str
+    pid: int
+    capabilities: list[str]
+
+
+class Progress(_Message, tag="progress", kw_only=True):
+    """Event of a `load`: rising fraction, at most about 20 per second."""
+
+    id: RequestId
+    fraction: float
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    path: str
+    name: str
+    architecture: str
+    size_bytes: int
+    n_ctx: int
+    n_ctx_train: int
+    chat_format: str
+    """The chat format in use: "gguf" (the model's own template) or a built-in name."""
+    chat_format_source: Literal["gguf", "requested", "detected"] = "gguf"
+    """Where the chat format came from; "detected" when the GGUF had no template."""
+    n_params: int = 0
+    n_threads: int = 0
+    n_gpu_layers: int = 0
+    use_extra_bufts: bool = True
+    system_prompt_mode: Literal["native", "merged"] = "native"
+    """"merged": the template cannot show a system message, so it is prepended to the first user turn."""
+
+
+class Loaded(_Message, tag="loaded", kw_only=True):
+    id: RequestId
+    model: ModelInfo
+    load_ms: float = 0.0
+
+
+class Chunk(_Message, tag="chunk", kw_only=True):
+    """Event of a `generate`: the next piece of text (valid UTF-8, never part of a stop sequence)."""
+
+    id: RequestId
+    text: str
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    """Tokens of the rendered prompt."""
+    cached_tokens: int
+    """Of those, tokens reused from the KV cache (not evaluated again)."""
+    completion_tokens: int
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    ttft_ms: float
+    """Request received to first chunk sent (0 when nothing was generated)."""
+    total_ms: float
+    """Request received to terminal reply."""
+    tokens_per_second: float
+    """Completion tokens per second of decoding (after the first token)."""
+    prompt_ms: float = 0.0
+    """Time spent evaluating the uncached part of the prompt."""
+
+
+class Done(_Message, tag="done", kw_only=True):
+    id: RequestId
+    text: str
+    stop_reason: StopReason
+    usage: Usage
+    timings: Timings
+    truncated_messages: int = 0
+    """Oldest messages dropped from the history so that it fits the context."""
+    seed: int | None = None
+    """The seed used for sampling (null for greedy decoding)."""
+
+
+class Ok(_Message, tag="ok", kw_only=True):
+    id: RequestId
+
+
+class Pong(_Message, tag="pong", kw_only=True):
+    id: RequestId
+
+
+class Error(_Message, tag="error", kw_only=True):
+    id: RequestId | None
+    code: ErrorCode
+    message: str
+    retryable: bool
+
+
+class Log(_Message, tag="log", kw_only=True):
+    """A critical event, sent when `init.log_level` asked for it."""
+
+    id: None = None
+    level: LogLevel
+    message: str
+
+
+Reply = Union[Ready, Progress, Loaded, Chunk, Done, Ok, Pong, Error, Log]
+
+#: Tags of each direction, for telling an unknown `type` from a malformed one.
+REQUEST_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Request.__args__)  # type: ignore[attr-defined]
+REPLY_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Reply.__args__)  # type: ignore[attr-defined]
