@@ -1,0 +1,1 @@
+"""Hosts that spawn and drive a llama-worker."""

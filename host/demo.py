@@ -1,0 +1,1 @@
+"""Placeholder demo until the host client lands: one streamed turn."""

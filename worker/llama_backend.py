@@ -1,0 +1,536 @@
+"""The one module that touches llama-cpp-python.
+
+We use its low-level ctypes mirror of `llama.h`, not the high-level `Llama`
+class, because the worker needs what `Llama` hides: a load progress callback
+that can cancel, the switch for llama.cpp's extra CPU buffer types (they
+segfault on CPUs with AMX), an abort callback that stops a prompt evaluation,
+our own log callback, no `dup2` of /dev/null over the whole process during a
+load, and a decode loop with almost no Python per token.
+
+Everything version-specific lives here, so a new llama-cpp-python release is a
+change to this file and its tests (`tests/test_llama_backend.py`) only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import llama_cpp
+from llama_cpp import llama_cpp as C
+
+#: The llama-cpp-python releases this module was written and tested against
+#: (also pinned in pyproject.toml).
+SUPPORTED_VERSIONS = ">=0.3.36,<0.4"
+LIBRARY_VERSION: str = llama_cpp.__version__
+
+log = logging.getLogger("llama.cpp")
+
+# ggml log levels (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
+_GGML_TO_LOGGING = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_GGML_CONT = 5
+
+
+class LlamaError(Exception):
+    """A llama.cpp call failed; the message is meant for a human."""
+
+
+class DecodeAborted(LlamaError):
+    """A prompt evaluation was stopped by the abort callback."""
+
+
+# ---------------------------------------------------------------------------
+# Process-wide set-up: backend, logging
+# ---------------------------------------------------------------------------
+
+
+class _LogBridge:
+    """Routes llama.cpp's log lines to Python logging.
+
+    llama-cpp-python's own callback maps levels with an outdated table (with
+    verbose=False warnings print and errors are hidden), so we replace it. We
+    also keep the last error lines: llama.cpp explains a failed load only in
+    its log, and that explanation belongs in our `load_failed` message.
+    """
+
+    def __init__(self) -> None:
+        self._partial = ""
+        self._level = logging.INFO
+        self._lock = threading.Lock()
+        self.recent_errors: deque[str] = deque(maxlen=8)
+        self._callback = C.llama_log_callback(self._on_log)
+
+    def _on_log(self, level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+        try:
+            msg = (text or b"").decode("utf-8", errors="replace")
+            with self._lock:
+                if level != _GGML_CONT:
+                    self._level = _GGML_TO_LOGGING.get(level, logging.INFO)
+                self._partial += msg
+                if not self._partial.endswith("\n"):
+                    return
+                lines, self._partial = self._partial.rstrip("\n"), ""
+                pylevel = self._level
+            for line in lines.splitlines():
+                if pylevel >= logging.ERROR:
+                    self.recent_errors.append(line.strip())
+                log.log(pylevel, "%s", line)
+        except Exception:  # noqa: BLE001 - never let an exception cross into C
+            pass
+
+    def install(self) -> None:
+        C.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+
+_log_bridge = _LogBridge()
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def initialize_backend() -> None:
+    """Install our log callback and initialise llama.cpp's backends (once)."""
+    global _initialized
+    with _init_lock:
+        if _initialized:
+            return
+        _log_bridge.install()
+        C.llama_backend_init()
+        _initialized = True
+
+
+def recent_error_lines() -> list[str]:
+    return list(_log_bridge.recent_errors)
+
+
+def clear_recent_errors() -> None:
+    _log_bridge.recent_errors.clear()
+
+
+# ---------------------------------------------------------------------------
+# Machine facts
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """True when the CPU advertises AMX (Sapphire Rapids and newer Xeons).
+
+    llama.cpp's AMX buffer type segfaults on the first decode there
+    (llama.cpp issue #20824), whatever the build flags; turning the extra
+    buffer types off avoids it at a small cost in prompt speed.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return any(flag.startswith("amx") for flag in line.split())
+    except OSError:
+        pass
+    return False
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity, cgroups' cpusets), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def supports_gpu_offload() -> bool:
+    return bool(C.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    raw = C.llama_print_system_info()
+    return raw.decode("utf-8", errors="replace") if raw else ""
+
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    n_gpu_layers: int = 0
+    use_extra_bufts: bool = True
+    use_mmap: bool = True
+
+
+class Model:
+    """A loaded GGUF model and its vocabulary. Free with `close()`.
+
+    Not thread-safe: like everything here, use it from the model thread only.
+    """
+
+    def __init__(self, path: str, params: ModelParams, progress: Callable[[float], bool] | None = None) -> None:
+        initialize_backend()
+        mp = C.llama_model_default_params()
+        mp.n_gpu_layers = params.n_gpu_layers
+        mp.use_extra_bufts = params.use_extra_bufts
+        mp.load_mode = C.LLAMA_LOAD_MODE_MMAP if params.use_mmap else C.LLAMA_LOAD_MODE_NONE
+
+        def on_progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
+            if progress is None:
+                return True
+            try:
+                return bool(progress(float(fraction)))
+            except Exception:  # noqa: BLE001 - never let an exception cross into C
+                log.exception("load progress callback failed")
+                return False
+
+        # The ctypes callback must outlive the C call that uses it.
+        self._progress_cb = C.llama_progress_callback(on_progress)
+        mp.progress_callback = self._progress_cb
+        clear_recent_errors()
+        ptr = C.llama_model_load_from_file(os.fsencode(path), mp)
+        if not ptr:
+            raise LlamaError("; ".join(recent_error_lines()) or "llama.cpp could not load the model")
+        self._ptr = ptr
+        self.path = path
+        self.params = params
+        self.vocab = C.llama_model_get_vocab(ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def ptr(self) -> C.llama_model_p:
+        if self._ptr is None:
+            raise LlamaError("model is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            C.llama_model_free(self._ptr)
+            self._ptr = None
+
+    # -- metadata --------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(C.llama_model_meta_count(self.ptr)):
+            key = _read_str(lambda buf, n, i=i: C.llama_model_meta_key_by_index(self.ptr, i, buf, n))
+            val = _read_str(lambda buf, n, i=i: C.llama_model_meta_val_str_by_index(self.ptr, i, buf, n))
+            if key is not None and val is not None:
+                out[key] = val
+        return out
+
+    def meta(self, key: str) -> str | None:
+        return _read_str(lambda buf, n: C.llama_model_meta_val_str(self.ptr, key.encode(), buf, n))
+
+    def chat_template(self) -> str | None:
+        raw = C.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def description(self) -> str:
+        return _read_str(lambda buf, n: C.llama_model_desc(self.ptr, buf, n)) or ""
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(C.llama_model_n_ctx_train(self.ptr))
+
+    @property
+    def n_params(self) -> int:
+        return int(C.llama_model_n_params(self.ptr))
+
+    @property
+    def n_swa(self) -> int:
+        return int(C.llama_model_n_swa(self.ptr))
+
+    @property
+    def is_recurrent(self) -> bool:
+        return bool(C.llama_model_is_recurrent(self.ptr) or C.llama_model_is_hybrid(self.ptr))
+
+    # -- vocabulary ------------------------------------------------------
+
+    @property
+    def bos(self) -> int:
+        return int(C.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(C.llama_vocab_eos(self.vocab))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(C.llama_vocab_get_add_bos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        raw = C.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        arr = (C.llama_token * capacity)()
+        n = C.llama_tokenize(self.vocab, data, len(data), arr, capacity, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is what it needs
+            capacity = -n
+            arr = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self.vocab, data, len(data), arr, capacity, add_special, parse_special)
+            if n < 0:
+                raise LlamaError("tokenization failed")
+        return list(arr[:n])
+
+    def single_token(self, text: str) -> int | None:
+        """The id of `text` when the vocabulary has it as one special token."""
+        toks = self.tokenize(text, add_special=False, parse_special=True)
+        return toks[0] if len(toks) == 1 else None
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = self._piece_buf
+        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        out = buf.raw[: max(n, 0)]
+        self._pieces[token] = out
+        return out
+
+
+def _read_str(call: Callable[[ctypes.Array[ctypes.c_char], int], int]) -> str | None:
+    buf = ctypes.create_string_buffer(256)
+    n = call(buf, len(buf))
+    if n < 0:
+        return None
+    if n >= len(buf):
+        buf = ctypes.create_string_buffer(n + 1)
+        n = call(buf, len(buf))
+        if n < 0:
+            return None
+    return buf.raw[:n].decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------
+# Context: KV cache and decoding
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    n_ctx: int
+    n_batch: int = 512
+    n_threads: int = 1
+    flash_attn: bool | None = False
+    """None: llama.cpp decides."""
+
+
+class Context:
+    """A llama.cpp context on sequence 0, tracking which tokens its KV cache holds.
+
+    Knowing the cached tokens is what makes prompt reuse exact: `evaluate`
+    keeps the longest common prefix and evaluates only the rest, and reports
+    how much it reused.
+    """
+
+    def __init__(self, model: Model, params: ContextParams) -> None:
+        cp = C.llama_context_default_params()
+        cp.n_ctx = params.n_ctx
+        cp.n_batch = params.n_batch
+        cp.n_ubatch = params.n_batch
+        cp.n_seq_max = 1
+        cp.n_threads = params.n_threads
+        cp.n_threads_batch = params.n_threads
+        cp.no_perf = True
+        if params.flash_attn is None:
+            cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
+        else:
+            cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if params.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        clear_recent_errors()
+        ptr = C.llama_init_from_model(model.ptr, cp)
+        if not ptr:
+            raise LlamaError("; ".join(recent_error_lines()) or "llama.cpp could not create a context")
+        self._ptr = ptr
+        self.model = model
+        self.params = params
+        self.n_ctx = int(C.llama_n_ctx(ptr))
+        self.n_batch = int(C.llama_n_batch(ptr))
+        self._memory = C.llama_get_memory(ptr)
+        #: Tokens whose keys and values are in the cache, in position order.
+        self.tokens: list[int] = []
+        self._one = (C.llama_token * 1)()
+        self._should_abort: Callable[[], bool] = lambda: False
+
+        def on_abort(_data: ctypes.c_void_p) -> bool:
+            try:
+                return bool(self._should_abort())
+            except Exception:  # noqa: BLE001
+                return True
+
+        self._abort_cb = C.ggml_abort_callback(on_abort)
+        self._no_abort_cb = C.ggml_abort_callback()
+
+    @property
+    def ptr(self) -> C.llama_context_p:
+        if self._ptr is None:
+            raise LlamaError("context is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            C.llama_free(self._ptr)
+            self._ptr = None
+            self.tokens = []
+
+    # -- cache management -----------------------------------------------
+
+    def _truncate(self, n_keep: int) -> int:
+        """Keep the first `n_keep` cached tokens; return how many were kept."""
+        if n_keep >= len(self.tokens):
+            return len(self.tokens)
+        if n_keep > 0 and C.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
+            del self.tokens[n_keep:]
+            return n_keep
+        C.llama_memory_clear(self._memory, True)
+        self.tokens = []
+        return 0
+
+    def clear(self) -> None:
+        self._truncate(0)
+
+    def reusable_prefix(self, tokens: Sequence[int]) -> int:
+        cached = self.tokens
+        n = 0
+        limit = min(len(cached), len(tokens))
+        while n < limit and cached[n] == tokens[n]:
+            n += 1
+        # The last prompt token must be evaluated again to get its logits.
+        if n == len(tokens):
+            n -= 1
+        n_swa = self.model.n_swa
+        if n > 0 and n_swa > 0:
+            # A sliding-window cache may have dropped the positions that the
+            # reused prefix still needs (llama-server applies the same rule).
+            pos_min = int(C.llama_memory_seq_pos_min(self._memory, 0))
+            if pos_min > max(0, n - n_swa):
+                n = 0
+        return max(n, 0)
+
+    # -- evaluation ------------------------------------------------------
+
+    def evaluate(self, tokens: Sequence[int], should_abort: Callable[[], bool]) -> int:
+        """Make the cache hold exactly `tokens`; return how many were reused.
+
+        Raises `DecodeAborted` when `should_abort` turns true during the
+        evaluation; the cache then holds a valid prefix of `tokens`.
+        """
+        if not tokens:
+            raise LlamaError("nothing to evaluate")
+        if len(tokens) > self.n_ctx:
+            raise LlamaError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
+        reused = self._truncate(self.reusable_prefix(tokens))
+        # The abort callback runs once per graph node (~600 per token here),
+        # which costs 5-8% of decode speed, so it is installed only for the
+        # prompt, where a stop would otherwise wait for the whole batch.
+        self._should_abort = should_abort
+        C.llama_set_abort_callback(self.ptr, self._abort_cb, None)
+        try:
+            pos = reused
+            while pos < len(tokens):
+                if should_abort():
+                    raise DecodeAborted("aborted")
+                batch = tokens[pos : pos + self.n_batch]
+                arr = (C.llama_token * len(batch))(*batch)
+                rc = C.llama_decode(self.ptr, C.llama_batch_get_one(arr, len(batch)))
+                if rc != 0:
+                    # Whatever part of this batch reached the cache is dropped.
+                    self._resync()
+                    if rc == 2 or should_abort():
+                        raise DecodeAborted("aborted")
+                    raise LlamaError(f"llama_decode returned {rc} while evaluating the prompt")
+                self.tokens.extend(batch)
+                pos += len(batch)
+        finally:
+            C.llama_set_abort_callback(self.ptr, self._no_abort_cb, None)
+            self._should_abort = lambda: False
+        return reused
+
+    def _resync(self) -> None:
+        if not C.llama_memory_seq_rm(self._memory, 0, len(self.tokens), -1):
+            C.llama_memory_clear(self._memory, True)
+            self.tokens = []
+
+    def decode_one(self, token: int) -> None:
+        """Append one token to the cache (the hot path of generation)."""
+        self._one[0] = token
+        rc = C.llama_decode(self._ptr, C.llama_batch_get_one(self._one, 1))
+        if rc != 0:
+            self._resync()
+            raise LlamaError(f"llama_decode returned {rc}")
+        self.tokens.append(token)
+
+
+# ---------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    seed: int
+
+
+class Sampler:
+    """llama.cpp's native sampler chain: one call per token, no logits in Python."""
+
+    def __init__(self, model: Model, params: SamplingParams) -> None:
+        cparams = C.llama_sampler_chain_default_params()
+        cparams.no_perf = True
+        chain = C.llama_sampler_chain_init(cparams)
+        if not chain:
+            raise LlamaError("could not create a sampler")
+        self._ptr = chain
+        add = functools.partial(C.llama_sampler_chain_add, chain)
+        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
+            add(C.llama_sampler_init_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0))
+        if params.temperature <= 0.0:
+            add(C.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(C.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(C.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(C.llama_sampler_init_min_p(params.min_p, 1))
+            add(C.llama_sampler_init_temp(params.temperature))
+            add(C.llama_sampler_init_dist(params.seed))
+
+    def accept(self, tokens: Sequence[int]) -> None:
+        """Show the sampler tokens it did not pick (the prompt), for penalties."""
+        for tok in tokens:
+            C.llama_sampler_accept(self._ptr, tok)
+
+    def sample(self, context: Context) -> int:
+        return int(C.llama_sampler_sample(self._ptr, context._ptr, -1))
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            C.llama_sampler_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

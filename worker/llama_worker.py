@@ -1,0 +1,360 @@
+"""`LlamaWorker`: the model, its context and the chat session, with no I/O.
+
+It mirrors the original Electron design's class (initialize, load the model,
+create the context, ensure the chat session, generate, cleanup) but knows
+nothing of pipes or frames: callers pass callbacks for progress and chunks
+and a `should_abort` predicate. That is what lets the stdio loop, the tests
+and the benchmarks drive the same object.
+
+Every method must be called from one thread (llama.cpp is not thread-safe).
+Errors are raised as `WorkerError` with a protocol code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import protocol
+from protocol import ErrorCode, Generate, Load, ModelInfo
+
+from . import __version__
+from . import generation
+from .chat_format import (
+    BUILTIN_FORMATS,
+    ChatFormatError,
+    ChatFormatter,
+    detect_builtin_format,
+    formatter_for_builtin,
+)
+from .errors import WorkerError
+from .llama_backend import (
+    LIBRARY_VERSION,
+    Context,
+    ContextParams,
+    LlamaError,
+    Model,
+    ModelParams,
+    SamplingParams,
+    cpu_has_amx,
+    initialize_backend,
+    usable_cores,
+)
+from .model_locator import resolve_model_path
+from .session import ChatSession, Message, fit_to_context
+
+DEFAULT_N_CTX = 4096
+DEFAULT_N_BATCH = 512
+DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
+DEFAULT_REPEAT_PENALTY = 1.1
+REPEAT_LAST_N = 64
+
+CAPABILITIES = [
+    "load_progress",
+    "load_abort",
+    "prefill_abort",
+    "completion_mode",
+    "chat_history",
+    "context_trim",
+    "chat_format_detection",
+    "log_frames",
+    "amx_guard",
+]
+
+Abort = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class _Loaded:
+    model: Model
+    context: Context
+    formatter: ChatFormatter
+    info: ModelInfo
+    stop_tokens: frozenset[int]
+    stop_strings: tuple[str, ...]
+    seeds: random.Random
+
+
+class LlamaWorker:
+    def __init__(self) -> None:
+        self._loaded: _Loaded | None = None
+        self._session: ChatSession | None = None
+        self._initialized = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    def initialize(self) -> dict[str, object]:
+        """Prepare llama.cpp; return what the `ready` reply announces."""
+        initialize_backend()
+        self._initialized = True
+        return {
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "worker_version": __version__,
+            "llama_cpp_version": LIBRARY_VERSION,
+            "pid": os.getpid(),
+            "capabilities": list(CAPABILITIES),
+        }
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        return self._loaded.info if self._loaded else None
+
+    @property
+    def context(self) -> Context | None:
+        return self._loaded.context if self._loaded else None
+
+    def load_model(
+        self,
+        options: Load,
+        progress: Callable[[float], None] = lambda _f: None,
+        should_abort: Abort = _never,
+    ) -> ModelInfo:
+        """Load a model and create its context, then swap it in.
+
+        Nothing of the current model or session changes until the new model
+        is fully ready, so a failed or aborted load leaves them as they were.
+        """
+        if not self._initialized:
+            self.initialize()
+        t0 = time.perf_counter()
+        path = resolve_model_path(options.model_path)
+        _check_gguf_file(path)
+        use_extra_bufts = options.use_extra_bufts if options.use_extra_bufts is not None else not cpu_has_amx()
+        n_gpu_layers = options.n_gpu_layers or 0
+
+        def on_progress(fraction: float) -> bool:
+            if should_abort():
+                return False
+            progress(fraction)
+            return True
+
+        try:
+            model = Model(str(path), ModelParams(n_gpu_layers=n_gpu_layers, use_extra_bufts=use_extra_bufts), on_progress)
+        except LlamaError as exc:
+            if should_abort():
+                raise WorkerError(ErrorCode.ABORTED, "the load was aborted") from None
+            raise WorkerError(ErrorCode.LOAD_FAILED, f"could not load {path}: {exc}") from None
+        context: Context | None = None
+        try:
+            formatter = _choose_formatter(model, options.chat_format)
+            n_ctx_train = model.n_ctx_train or DEFAULT_N_CTX
+            if options.n_ctx is None:
+                n_ctx = min(DEFAULT_N_CTX, n_ctx_train)
+            elif options.n_ctx == 0:
+                n_ctx = n_ctx_train
+            else:
+                n_ctx = options.n_ctx
+            n_threads = options.n_threads or usable_cores()
+            flash_attn = options.flash_attn if options.flash_attn is not None else (None if n_gpu_layers else False)
+            try:
+                context = Context(
+                    model,
+                    ContextParams(n_ctx=n_ctx, n_batch=options.n_batch or DEFAULT_N_BATCH, n_threads=n_threads, flash_attn=flash_attn),
+                )
+            except LlamaError as exc:
+                raise WorkerError(ErrorCode.LOAD_FAILED, f"could not create a context for {path}: {exc}") from None
+            if should_abort():
+                raise WorkerError(ErrorCode.ABORTED, "the load was aborted")
+            stop_tokens: set[int] = set()
+            stop_strings: list[str] = []
+            for marker in formatter.stop:
+                tok = model.single_token(marker)
+                if tok is not None:
+                    stop_tokens.add(tok)
+                else:
+                    stop_strings.append(marker)
+            meta = model.metadata()
+            info = ModelInfo(
+                path=str(path),
+                name=meta.get("general.name") or path.stem,
+                architecture=meta.get("general.architecture", "unknown"),
+                size_bytes=path.stat().st_size,
+                n_ctx=context.n_ctx,
+                n_ctx_train=model.n_ctx_train,
+                chat_format=formatter.name,
+                chat_format_source=formatter.source,  # type: ignore[arg-type]
+                n_params=model.n_params,
+                n_threads=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                use_extra_bufts=use_extra_bufts,
+                system_prompt_mode="merged" if formatter.merge_system else "native",
+            )
+        except BaseException:
+            if context is not None:
+                context.close()
+            model.close()
+            raise
+        seeds: random.Random = random.Random(options.seed) if options.seed is not None else random.SystemRandom()
+        self._free()
+        self._loaded = _Loaded(model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds)
+        self._session = ChatSession(system_prompt=options.system_prompt or None)
+        progress(1.0)
+        _ = t0
+        return info
+
+    def ensure_chat_session(self) -> ChatSession:
+        if self._loaded is None:
+            raise WorkerError(ErrorCode.NO_MODEL, "no model is loaded: send `load` first")
+        if self._session is None:
+            self._session = ChatSession()
+        return self._session
+
+    def reset(self, system_prompt: str | None = None) -> None:
+        self.ensure_chat_session().reset(system_prompt)
+
+    def cleanup(self) -> None:
+        """Free the session, context and model; the worker can load again."""
+        self._free()
+        self._session = None
+
+    def _free(self) -> None:
+        if self._loaded is not None:
+            loaded, self._loaded = self._loaded, None
+            loaded.context.close()
+            loaded.model.close()
+
+    # -- generation ------------------------------------------------------
+
+    def generate(
+        self,
+        request: Generate,
+        on_chunk: Callable[[str], None] = lambda _t: None,
+        should_abort: Abort = _never,
+        started_at: float | None = None,
+    ) -> protocol.Done:
+        """Run one generation; the reply (partial on abort) joins the history."""
+        started_at = time.perf_counter() if started_at is None else started_at
+        session = self.ensure_chat_session()
+        loaded = self._loaded
+        assert loaded is not None
+        turn = None
+        if request.mode == "completion":
+            if not isinstance(request.input, str):
+                raise WorkerError.invalid("input: completion mode takes a string")
+            prompt = loaded.model.tokenize(request.input, add_special=loaded.model.add_bos, parse_special=True)
+            if not prompt:
+                raise WorkerError.invalid("input: completion mode needs some text to continue")
+            if len(prompt) >= loaded.context.n_ctx:
+                raise WorkerError.context_overflow(
+                    f"the prompt needs {len(prompt)} tokens but the context holds {loaded.context.n_ctx}"
+                )
+        else:
+            user_input = request.input if isinstance(request.input, str) else [{"role": m.role, "content": m.content} for m in request.input]
+            turn = session.next_turn(user_input)
+            prompt = fit_to_context(turn, self._prompt_tokens, loaded.context.n_ctx, request.max_tokens)
+        seed = request.seed if request.seed is not None else loaded.seeds.randrange(0, 0xFFFFFFFF)
+        greedy = request.temperature <= 0.0
+        sampling = SamplingParams(
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=DEFAULT_TOP_K if request.top_k is None else request.top_k,
+            min_p=DEFAULT_MIN_P if request.min_p is None else request.min_p,
+            repeat_penalty=DEFAULT_REPEAT_PENALTY if request.repeat_penalty is None else request.repeat_penalty,
+            repeat_last_n=REPEAT_LAST_N,
+            seed=seed,
+        )
+        try:
+            outcome = generation.generate(
+                loaded.model,
+                loaded.context,
+                prompt,
+                sampling,
+                request.max_tokens,
+                [*request.stop, *loaded.stop_strings] if turn is not None else list(request.stop),
+                loaded.stop_tokens if turn is not None else frozenset(),
+                on_chunk,
+                should_abort,
+                started_at,
+            )
+        except LlamaError as exc:
+            raise WorkerError(ErrorCode.GENERATION_FAILED, f"generation failed: {exc}") from None
+        if turn is not None:
+            session.commit(turn, outcome.text)
+        return protocol.Done(
+            id=request.id,
+            text=outcome.text,
+            stop_reason=outcome.stop_reason,  # type: ignore[arg-type]
+            usage=protocol.Usage(
+                prompt_tokens=outcome.prompt_tokens,
+                cached_tokens=outcome.cached_tokens,
+                completion_tokens=outcome.completion_tokens,
+            ),
+            timings=protocol.Timings(
+                ttft_ms=round(outcome.ttft_ms, 3),
+                total_ms=round((time.perf_counter() - started_at) * 1000, 3),
+                tokens_per_second=round(outcome.tokens_per_second, 3),
+                prompt_ms=round(outcome.prompt_ms, 3),
+            ),
+            truncated_messages=turn.truncated if turn is not None else 0,
+            seed=None if greedy else seed,
+        )
+
+    def _prompt_tokens(self, messages: list[Message]) -> list[int]:
+        loaded = self._loaded
+        assert loaded is not None
+        try:
+            text = loaded.formatter.render(messages)
+        except ChatFormatError as exc:
+            raise WorkerError.invalid(f"the chat template refused these messages: {exc}") from None
+        model = loaded.model
+        tokens = model.tokenize(text, add_special=False, parse_special=True)
+        if model.add_bos and model.bos >= 0 and (not tokens or tokens[0] != model.bos):
+            tokens.insert(0, model.bos)
+        return tokens
+
+    # -- introspection for tests and benchmarks ---------------------------
+
+    @property
+    def session(self) -> ChatSession | None:
+        return self._session
+
+
+def _check_gguf_file(path: Path) -> None:
+    """Fail fast, with a clear message, on what is obviously not a GGUF model."""
+    if path.is_dir():
+        raise WorkerError(ErrorCode.LOAD_FAILED, f"{path} is a folder, not a GGUF model file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise WorkerError(ErrorCode.LOAD_FAILED, f"cannot read {path}: {exc.strerror}") from None
+    if magic != b"GGUF":
+        raise WorkerError(ErrorCode.LOAD_FAILED, f"{path} is not a GGUF file (it does not start with the GGUF magic)")
+
+
+def _choose_formatter(model: Model, requested: str | None) -> ChatFormatter:
+    bos = model.token_text(model.bos) if model.bos >= 0 else ""
+    eos = model.token_text(model.eos) if model.eos >= 0 else ""
+    requested = (requested or "auto").strip()
+    try:
+        if requested in ("auto", "gguf"):
+            template = model.chat_template()
+            if template:
+                formatter = ChatFormatter(name="gguf", template_source=template, bos_token=bos, eos_token=eos, source="gguf")
+            elif requested == "gguf":
+                raise WorkerError(ErrorCode.LOAD_FAILED, "chat_format 'gguf' was asked for but the model has no chat template")
+            else:
+                fmt = detect_builtin_format(
+                    lambda text: model.single_token(text) is not None,
+                    model.meta("general.architecture") or "",
+                    model.meta("general.name") or "",
+                )
+                formatter = formatter_for_builtin(fmt, bos, eos, "detected")
+        elif requested in BUILTIN_FORMATS:
+            formatter = formatter_for_builtin(BUILTIN_FORMATS[requested], bos, eos, "requested")
+        else:
+            names = ", ".join(["auto", "gguf", *BUILTIN_FORMATS])
+            raise WorkerError.invalid(f"chat_format: unknown format {requested!r} (known: {names})")
+        formatter.probe()
+    except ChatFormatError as exc:
+        raise WorkerError(ErrorCode.LOAD_FAILED, f"the model's chat template does not work: {exc}") from None
+    return formatter

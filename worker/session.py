@@ -1,0 +1,92 @@
+"""The chat session: a system prompt and the turns so far.
+
+Like node-llama-cpp's LlamaChatSession, a string input is the next user turn
+and the reply joins the history. The session holds text, not tokens: the
+prompt is rendered from it each turn and the KV cache's prefix reuse makes
+that cheap, which keeps the session correct across templates, model reloads
+and history replacement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import WorkerError
+
+Message = dict[str, str]
+
+
+@dataclass
+class Turn:
+    """What a generate call will commit to the session once it has a reply."""
+
+    system_prompt: str | None
+    history: list[Message]
+    truncated: int = 0
+
+    def messages(self) -> list[Message]:
+        head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return head + self.history
+
+
+@dataclass
+class ChatSession:
+    system_prompt: str | None = None
+    history: list[Message] = field(default_factory=list)
+
+    def reset(self, system_prompt: str | None = None) -> None:
+        """Clear the history; None keeps the system prompt, "" removes it."""
+        self.history = []
+        if system_prompt is not None:
+            self.system_prompt = system_prompt or None
+
+    def next_turn(self, user_input: str | Sequence[Message]) -> Turn:
+        """The conversation a generate call renders, without changing the session."""
+        if isinstance(user_input, str):
+            return Turn(self.system_prompt, [*self.history, {"role": "user", "content": user_input}])
+        messages = [dict(m) for m in user_input]
+        if not messages:
+            raise WorkerError.invalid("input: the message list is empty")
+        system = self.system_prompt
+        if messages[0]["role"] == "system":
+            system = messages.pop(0)["content"] or None
+        for i, m in enumerate(messages):
+            if m["role"] == "system":
+                raise WorkerError.invalid(f"input[{i}]: a system message may only come first")
+        if not messages or messages[-1]["role"] != "user":
+            raise WorkerError.invalid("input: the last message must have role 'user'")
+        return Turn(system, messages)
+
+    def commit(self, turn: Turn, reply: str) -> None:
+        self.system_prompt = turn.system_prompt
+        self.history = [*turn.history, {"role": "assistant", "content": reply}]
+
+
+def fit_to_context(
+    turn: Turn,
+    count_tokens: Callable[[list[Message]], list[int]],
+    n_ctx: int,
+    max_tokens: int,
+) -> list[int]:
+    """Drop the oldest turns (never the system prompt or the new input) until
+    the prompt plus `max_tokens` fits `n_ctx`; return the prompt's tokens.
+
+    Messages go in whole user/assistant exchanges so the history still starts
+    with a user turn, which strict templates require. When even the newest
+    input alone leaves no room to generate one token: `context_overflow`.
+    """
+    tokens = count_tokens(turn.messages())
+    while len(tokens) + max_tokens > n_ctx and len(turn.history) > 1:
+        drop = 1
+        while drop < len(turn.history) - 1 and turn.history[drop]["role"] != "user":
+            drop += 1
+        del turn.history[:drop]
+        turn.truncated += drop
+        tokens = count_tokens(turn.messages())
+    if len(tokens) >= n_ctx:
+        raise WorkerError.context_overflow(
+            f"the prompt needs {len(tokens)} tokens but the context holds {n_ctx}; "
+            "shorten the input or load the model with a larger n_ctx"
+        )
+    return tokens

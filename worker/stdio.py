@@ -1,0 +1,150 @@
+"""Owning the process's standard streams, and the one thread that writes frames.
+
+The protocol runs on stdout, and a great many things write to fd 1 without
+asking: a `print` in a library, llama.cpp's C code, ggml's crash handler
+running gdb, llama-cpp-python's `suppress_stdout_stderr` which `dup2`s
+/dev/null over fds 1 and 2 for the whole process during a load. So at start-up
+the worker moves the protocol to private duplicates of the descriptors and
+points fd 1 at stderr. After that, nothing but `FrameWriter` can put a byte on
+the host's pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import msgspec
+
+from protocol import Chunk, encode
+
+log = logging.getLogger("worker.stdio")
+
+
+@dataclass(frozen=True)
+class StdioFds:
+    requests: int
+    """Private duplicate of the original stdin: the host's requests."""
+    frames: int
+    """Private duplicate of the original stdout: the only way to the host."""
+    logs: int
+    """Private duplicate of the original stderr: immune to later dup2 tricks."""
+
+
+def take_over_stdio() -> StdioFds:
+    """Move the protocol off fds 0/1 and logging off fd 2; call before anything prints."""
+    frames = os.dup(1)
+    logs = os.dup(2)
+    requests = os.dup(0)
+    os.dup2(2, 1)  # stray writes to stdout now land on stderr
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # nothing else in the process can steal request bytes
+    os.close(devnull)
+    return StdioFds(requests=requests, frames=frames, logs=logs)
+
+
+class _PendingChunk:
+    """Chunk text waiting to be written; later chunks of the same request merge in."""
+
+    __slots__ = ("request_id", "parts")
+
+    def __init__(self, request_id: int | str, text: str) -> None:
+        self.request_id = request_id
+        self.parts = [text]
+
+    def message(self) -> Chunk:
+        return Chunk(id=self.request_id, text="".join(self.parts))
+
+
+class FrameWriter:
+    """The single writer of the protocol stream.
+
+    Senders never block on the host: frames queue here and a thread writes
+    them, several per system call. When the host reads slowly, consecutive
+    chunks of one generation merge into one frame instead of piling up as
+    thousands of small ones, so memory stays bounded by the text itself and
+    generation never waits for a busy UI. Nothing is dropped or reordered.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._cond = threading.Condition()
+        self._queue: deque[msgspec.Struct | _PendingChunk] = deque()
+        self._writing = False
+        self._closed = False
+        self._broken = threading.Event()
+        self.frames_written = 0
+        self._thread = threading.Thread(target=self._run, name="frame-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def broken(self) -> threading.Event:
+        """Set when the host's end of the pipe is gone."""
+        return self._broken
+
+    def send(self, message: msgspec.Struct) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._queue.append(message)
+            self._cond.notify()
+
+    def send_chunk(self, request_id: int | str, text: str) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            tail = self._queue[-1] if self._queue else None
+            if isinstance(tail, _PendingChunk) and tail.request_id == request_id:
+                tail.parts.append(text)
+                return
+            self._queue.append(_PendingChunk(request_id, text))
+            self._cond.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued has been written (or the pipe broke)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: (not self._queue and not self._writing) or self._broken.is_set(), timeout
+            )
+
+    def close(self, timeout: float = 2.0) -> None:
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+                self._writing = True
+            try:
+                data = b"".join(
+                    encode(item.message() if isinstance(item, _PendingChunk) else item) for item in batch
+                )
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                self.frames_written += len(batch)
+            except OSError as exc:
+                log.warning("the host's end of the protocol pipe is gone (%s)", exc)
+                with self._cond:
+                    self._queue.clear()
+                    self._writing = False
+                    self._closed = True
+                    self._broken.set()
+                    self._cond.notify_all()
+                return
+            except Exception:  # noqa: BLE001 - a bug here must not kill the writer silently
+                log.exception("could not encode a frame")
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
