@@ -68,8 +68,10 @@ class MessageDecoder(Generic[M]):
         # Only reached on the error path, so a second, untyped parse is fine.
         try:
             obj = msgspec.json.decode(payload)
-        except Exception:  # noqa: BLE001 - typed decode already accepted the JSON
-            return ProtocolError(ErrorCode.INVALID_REQUEST, detail)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # The typed decoder stops at the first schema violation, before it
+            # has read the whole payload; the JSON may still be broken later.
+            return ProtocolError(ErrorCode.BAD_FRAME, f"payload is not valid JSON: {exc}")
         rid = _readable_id(obj)
         if not isinstance(obj, dict):
             return ProtocolError(ErrorCode.INVALID_REQUEST, f"a frame must hold a JSON object, got {type(obj).__name__}")

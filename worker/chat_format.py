@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import TemplateError
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 Message = dict[str, str]
@@ -133,10 +134,36 @@ def detect_builtin_format(
 # ---------------------------------------------------------------------------
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Immutable sandbox that also refuses to build huge strings or numbers."""
+def _check_size(value: Any) -> Any:
+    if isinstance(value, (str, list, tuple)) and len(value) > MAX_RENDER_CHARS:
+        raise SecurityError("a chat template tried to build a huge value")
+    return value
 
-    intercepted_binops = frozenset({"*", "**", "+"})
+
+class _GuardedCodeGenerator(CodeGenerator):
+    """Compiles `a ~ b` to a size-checked join (jinja2 offers no hook for it)."""
+
+    def visit_Concat(self, node: Any, frame: Any) -> None:
+        self.write("environment.checked_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Immutable sandbox that also refuses to build huge strings or numbers.
+
+    Every way a template can grow a value (operators, `~`, filters) is checked
+    after each step, so repeated doubling stops at MAX_RENDER_CHARS instead of
+    exhausting memory.
+    """
+
+    code_generator_class = _GuardedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def checked_concat(self, parts: Sequence[Any]) -> str:
+        return _check_size("".join(str(p) for p in parts))
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "**":
@@ -148,10 +175,25 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_RENDER_CHARS:
                     raise SecurityError("a chat template tried to build a huge value")
             return operator.mul(left, right)
-        result = operator.add(left, right)
-        if isinstance(result, (str, list)) and len(result) > MAX_RENDER_CHARS:
-            raise SecurityError("a chat template tried to build a huge value")
-        return result
+        if operator_name == "%":
+            return _check_size(operator.mod(left, right))
+        return _check_size(operator.add(left, right))
+
+
+def _guard_filter(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        for width in (*args[1:], *kwargs.values()):
+            if isinstance(width, int) and not isinstance(width, bool) and width > MAX_RENDER_CHARS:
+                raise SecurityError("a chat template passed a huge size to a filter")
+        return _check_size(fn(*args, **kwargs))
+
+    for attr in ("jinja_pass_arg", "__name__", "__doc__"):
+        if hasattr(fn, attr):
+            try:
+                setattr(guarded, attr, getattr(fn, attr))
+            except (AttributeError, TypeError):
+                pass
+    return guarded
 
 
 def _raise_exception(message: str) -> None:
@@ -170,6 +212,7 @@ def _strftime_now(fmt: str) -> str:
 def _make_environment() -> _Sandbox:
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
+    env.filters = {name: _guard_filter(fn) for name, fn in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -206,7 +249,7 @@ class ChatFormatter:
             )
         except RecursionError:
             raise ChatFormatError("chat template recursed too deeply") from None
-        except (TemplateError, SecurityError, TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as exc:
+        except (TemplateError, SecurityError, TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError, MemoryError) as exc:
             raise ChatFormatError(f"chat template failed: {type(exc).__name__}: {exc}") from None
         if not isinstance(text, str) or len(text) > MAX_RENDER_CHARS:
             raise ChatFormatError("chat template produced an oversized prompt")

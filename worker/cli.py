@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 
+from . import parent_watch  # noqa: F401 - records the parent pid as early as possible
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

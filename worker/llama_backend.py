@@ -31,6 +31,7 @@ SUPPORTED_VERSIONS = ">=0.3.36,<0.4"
 LIBRARY_VERSION: str = llama_cpp.__version__
 
 log = logging.getLogger("llama.cpp")
+prompt_log = logging.getLogger("worker.prompt")
 
 # ggml log levels (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
 _GGML_TO_LOGGING = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
@@ -434,6 +435,7 @@ class Context:
         if len(tokens) > self.n_ctx:
             raise LlamaError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
         reused = self._truncate(self.reusable_prefix(tokens))
+        prompt_log.debug("evaluating %d new prompt tokens (%d reused)", len(tokens) - reused, reused)
         # The abort callback runs once per graph node (~600 per token here),
         # which costs 5-8% of decode speed, so it is installed only for the
         # prompt, where a stop would otherwise wait for the whole batch.

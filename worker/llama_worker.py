@@ -125,7 +125,10 @@ class LlamaWorker:
         """
         if not self._initialized:
             self.initialize()
-        t0 = time.perf_counter()
+        requested_format = (options.chat_format or "auto").strip()
+        if requested_format not in ("auto", "gguf", *BUILTIN_FORMATS):
+            names = ", ".join(["auto", "gguf", *BUILTIN_FORMATS])
+            raise WorkerError.invalid(f"chat_format: unknown format {requested_format!r} (known: {names})")
         path = resolve_model_path(options.model_path)
         _check_gguf_file(path)
         use_extra_bufts = options.use_extra_bufts if options.use_extra_bufts is not None else not cpu_has_amx()
@@ -134,7 +137,9 @@ class LlamaWorker:
         def on_progress(fraction: float) -> bool:
             if should_abort():
                 return False
-            progress(fraction)
+            # llama.cpp reports 1.0 once the weights are read; the context and
+            # the template check still follow, so 1.0 is ours to send on success.
+            progress(fraction * 0.95)
             return True
 
         try:
@@ -198,7 +203,6 @@ class LlamaWorker:
         self._loaded = _Loaded(model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds)
         self._session = ChatSession(system_prompt=options.system_prompt or None)
         progress(1.0)
-        _ = t0
         return info
 
     def ensure_chat_session(self) -> ChatSession:
@@ -277,7 +281,9 @@ class LlamaWorker:
             )
         except LlamaError as exc:
             raise WorkerError(ErrorCode.GENERATION_FAILED, f"generation failed: {exc}") from None
-        if turn is not None:
+        # An abort before any text means the turn did not happen: the session
+        # stays as it was, so the host can simply send the input again.
+        if turn is not None and not (outcome.stop_reason == "aborted" and not outcome.text):
             session.commit(turn, outcome.text)
         return protocol.Done(
             id=request.id,
