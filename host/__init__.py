@@ -1,1 +1,65 @@
-"""Hosts that spawn and drive a llama-worker."""
+"""Python host for llama-worker: spawn a worker process and chat with its model.
+
+    import anyio
+    from host import AsyncClient
+
+    async def main():
+        async with AsyncClient() as client:
+            await client.load()
+            async with await client.generate("Hello!") as stream:
+                async for text in stream:
+                    print(text, end="", flush=True)
+            print(stream.result.usage)
+
+    anyio.run(main)
+
+`Client` is the same thing for blocking code.
+"""
+
+from protocol import Done, ModelInfo
+
+from .client import AsyncClient, Generation, Result, default_worker_command
+from .exceptions import (
+    Aborted,
+    BadRequest,
+    Busy,
+    ContextOverflow,
+    GenerationFailed,
+    InternalError,
+    LlamaWorkerError,
+    LoadFailed,
+    ModelError,
+    ModelNotFound,
+    NoModel,
+    NotInitialized,
+    ProtocolMismatch,
+    WorkerCrashed,
+    WorkerTimeout,
+)
+from .sync import Client, SyncGeneration
+
+__all__ = [
+    "Aborted",
+    "AsyncClient",
+    "BadRequest",
+    "Busy",
+    "Client",
+    "ContextOverflow",
+    "Done",
+    "Generation",
+    "GenerationFailed",
+    "InternalError",
+    "LlamaWorkerError",
+    "LoadFailed",
+    "ModelError",
+    "ModelInfo",
+    "ModelNotFound",
+    "NoModel",
+    "NotInitialized",
+    "ProtocolMismatch",
+    "Result",
+    "SyncGeneration",
+    "WorkerCrashed",
+    "WorkerTimeout",
+    "default_worker_command",
+]

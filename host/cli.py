@@ -1,0 +1,155 @@
+"""`llama-chat`: chat with a model from the terminal, through a worker process.
+
+Interactive by default; `--prompt TEXT` answers once and exits (`--json` for
+the final result with usage and timings). Ctrl-C stops the current reply and
+keeps the conversation; at the prompt it quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+import msgspec
+
+from .exceptions import LlamaWorkerError
+from .sync import Client
+
+HELP = "commands: /reset  /system TEXT  /help  /quit   (Ctrl-C stops a reply)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llama-chat", description="Chat with a local model through llama-worker.")
+    p.add_argument("--model", help="GGUF file (default: $LLAMA_WORKER_MODEL, else the bundled SmolLM2-135M)")
+    p.add_argument("--prompt", help="answer this one prompt and exit")
+    p.add_argument("--json", action="store_true", help="with --prompt: print the final result as JSON")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--n-ctx", type=int, help="context size in tokens (default 4096)")
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repeat-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    p.add_argument("--no-stats", action="store_true", help="do not print the stats line after replies")
+    return p
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p, "stop": args.stop}
+    for name in ("top_k", "min_p", "repeat_penalty", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            opts[name] = value
+    return opts
+
+
+class ProgressBar:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.enabled = out.isatty()
+
+    def __call__(self, fraction: float) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * fraction)
+        self.out.write(f"\rloading model [{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}%")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.out.write("\r" + " " * 60 + "\r")
+            self.out.flush()
+
+
+def stats_line(result: Any) -> str:
+    t = result.timings
+    u = result.usage
+    return (
+        f"[{u.completion_tokens} tokens, {t.tokens_per_second:.1f} tok/s, "
+        f"first token {t.ttft_ms:.0f} ms, prompt {u.prompt_tokens} ({u.cached_tokens} cached), {result.stop_reason}]"
+    )
+
+
+def reply(client: Client, text: str, options: dict[str, Any], out: TextIO, show_stats: bool) -> None:
+    stream = client.generate(text, **options)
+    try:
+        for chunk in stream:
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass  # SyncGeneration already aborted it; the partial reply stays in the session
+    result = stream.result if stream.result is not None else stream.final()
+    out.write("\n")
+    if show_stats:
+        sys.stderr.write(stats_line(result) + "\n")
+        sys.stderr.flush()
+
+
+def interactive(client: Client, args: argparse.Namespace) -> None:
+    options = _options(args)
+    print(f"model: {client.model.name} ({client.model.chat_format}, n_ctx {client.model.n_ctx}). {HELP}", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return
+        if text == "/help":
+            print(HELP, file=sys.stderr)
+            continue
+        if text == "/reset":
+            client.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if text.startswith("/system"):
+            prompt = text[len("/system") :].strip()
+            client.reset(system_prompt=prompt)
+            print(f"(system prompt {'set' if prompt else 'removed'}; conversation cleared)", file=sys.stderr)
+            continue
+        try:
+            reply(client, text, options, sys.stdout, not args.no_stats)
+        except LlamaWorkerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with Client() as client:
+            bar = ProgressBar(sys.stderr)
+            load_opts: dict[str, Any] = {}
+            if args.n_ctx is not None:
+                load_opts["n_ctx"] = args.n_ctx
+            if args.system is not None:
+                load_opts["system_prompt"] = args.system
+            client.load(args.model, on_progress=bar, **load_opts)
+            bar.done()
+            if args.prompt is None:
+                interactive(client, args)
+                return 0
+            if args.json:
+                result = client.chat(args.prompt, **_options(args))
+                print(json.dumps(msgspec.to_builtins(result), ensure_ascii=False, indent=2))
+            else:
+                reply(client, args.prompt, _options(args), sys.stdout, not args.no_stats)
+            return 0
+    except LlamaWorkerError as exc:
+        print(f"llama-chat: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""The async host client: spawn a worker, route its frames, survive its death.
+
+One `AsyncClient` owns one worker process at a time. A reader task decodes the
+worker's stdout and routes each frame by request id to the waiter of that
+request (a small in-memory stream), so any number of calls can be in flight
+(`ping` during a generation, an `abort` from another task). A second task
+drains stderr and keeps its tail, which is what a `WorkerCrashed` carries.
+
+Works under asyncio and trio (anyio). `host.sync.Client` is the blocking face
+of this same class, not a second implementation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+import protocol
+from protocol import ChatMessage, Chunk, Done, Error, Loaded, ModelInfo, Progress, Ready
+
+from .exceptions import Aborted, LlamaWorkerError, WorkerCrashed, WorkerTimeout, error_from_frame
+
+log = logging.getLogger("llama_worker.host")
+
+Message = Mapping[str, str]
+ChatInput = str | Sequence[Message] | Sequence[ChatMessage]
+Result = Done
+
+PARENT_ENV_VAR = "LLAMA_WORKER_PARENT_PID"
+
+
+def default_worker_command() -> list[str]:
+    """This interpreter running the worker package."""
+    return [sys.executable, "-m", "worker"]
+
+
+# ---------------------------------------------------------------------------
+# one worker process
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Waiter:
+    send: MemoryObjectSendStream[Any]
+    receive: MemoryObjectReceiveStream[Any]
+
+
+@dataclass
+class _WorkerProcess:
+    process: anyio.abc.Process
+    stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=64))
+    pending: dict[int | str, _Waiter] = field(default_factory=dict)
+    crashed: WorkerCrashed | None = None
+    closing: bool = False
+    gone: anyio.Event = field(default_factory=anyio.Event)
+
+    def stderr_text(self, limit: int = 8192) -> str:
+        return b"".join(self.stderr_tail)[-limit:].decode("utf-8", errors="replace")
+
+    def fail_all(self, exc: WorkerCrashed) -> None:
+        self.crashed = exc
+        for waiter in self.pending.values():
+            try:
+                waiter.send.send_nowait(exc)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
+                pass
+        self.pending.clear()
+
+
+# ---------------------------------------------------------------------------
+# streaming generation
+# ---------------------------------------------------------------------------
+
+
+class Generation:
+    """An in-flight generation: iterate it for text chunks; `.result` at the end.
+
+    Use it as an async context manager so that leaving early (break, an
+    exception, a cancelled task) aborts the generation on the worker:
+
+        async with client.generate("Hi") as stream:
+            async for text in stream:
+                print(text, end="")
+        print(stream.result.usage)
+    """
+
+    def __init__(self, client: AsyncClient, request: protocol.Generate, waiter: _Waiter) -> None:
+        self._client = client
+        self.request = request
+        self._waiter = waiter
+        self.result: Done | None = None
+        self._chunks: list[str] = []
+
+    @property
+    def id(self) -> int | str:
+        return self.request.id
+
+    @property
+    def text(self) -> str:
+        """Text received so far."""
+        return "".join(self._chunks)
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> str:
+        if self.result is not None:
+            raise StopAsyncIteration
+        try:
+            msg = await self._waiter.receive.receive()
+        except anyio.get_cancelled_exc_class():
+            await self._abort_shielded()
+            raise
+        if isinstance(msg, Chunk):
+            self._chunks.append(msg.text)
+            return msg.text
+        if isinstance(msg, Done):
+            self.result = msg
+            self._client._after_generation(self.request, msg)
+            raise StopAsyncIteration
+        if isinstance(msg, Error):
+            raise error_from_frame(msg.code, msg.message, msg.retryable)
+        if isinstance(msg, BaseException):
+            raise msg
+        raise LlamaWorkerError(f"unexpected frame for a generation: {msg!r}")
+
+    async def final(self) -> Done:
+        """Consume what is left and return the final result."""
+        async for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    async def abort(self) -> Done:
+        """Stop the generation; return its (partial) result."""
+        if self.result is None:
+            await self._client.abort(self.id)
+        return await self.final()
+
+    async def _abort_shielded(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._client.abort(self.id)
+            except LlamaWorkerError:
+                pass
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.result is None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._client.shutdown_timeout):
+                try:
+                    await self.abort()
+                except LlamaWorkerError:
+                    pass
+
+
+# ---------------------------------------------------------------------------
+# the client
+# ---------------------------------------------------------------------------
+
+
+class AsyncClient:
+    """Drive one llama-worker process. Use as `async with AsyncClient() as client:`."""
+
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        handshake_timeout: float = 60.0,
+        load_stall_timeout: float = 120.0,
+        shutdown_timeout: float = 5.0,
+        auto_restart: bool = False,
+        log_level: str | None = None,
+        on_log: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.command = list(command) if command else default_worker_command()
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.handshake_timeout = handshake_timeout
+        self.load_stall_timeout = load_stall_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.auto_restart = auto_restart
+        self.log_level = log_level
+        self.on_log = on_log
+        self.ready: Ready | None = None
+        self.model: ModelInfo | None = None
+        self._ids = itertools.count(1)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._wp: _WorkerProcess | None = None
+        self._send_lock = anyio.Lock()
+        self._start_lock = anyio.Lock()
+        # What we need to rebuild the worker's state after a crash.
+        self._load_options: dict[str, Any] | None = None
+        self._system_prompt: str | None = None
+        self._history: list[dict[str, str]] = []
+        self._restore_history = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._spawn()
+        except BaseException as exc:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
+            self._tg = None
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(exc_type, exc, tb)
+        self._tg = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._wp.process.pid if self._wp else None
+
+    @property
+    def alive(self) -> bool:
+        return self._wp is not None and self._wp.crashed is None and self._wp.process.returncode is None
+
+    @property
+    def stderr_tail(self) -> str:
+        return self._wp.stderr_text() if self._wp else ""
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The conversation as this client knows it (used to restore it after a crash)."""
+        return [dict(m) for m in self._history]
+
+    async def _spawn(self) -> Ready:
+        assert self._tg is not None, "use the client as an async context manager"
+        env = {**os.environ, **self.env, PARENT_ENV_VAR: str(os.getpid())}
+        process = await anyio.open_process(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=self.cwd,
+        )
+        wp = _WorkerProcess(process)
+        self._wp = wp
+        self._tg.start_soon(self._drain_stderr, wp)
+        self._tg.start_soon(self._read_frames, wp)
+        try:
+            with anyio.fail_after(self.handshake_timeout):
+                reply = await self._call(protocol.Init(id=self._next_id(), protocol_version=protocol.PROTOCOL_VERSION, log_level=self.log_level), wp)
+        except TimeoutError:
+            await self._kill(wp)
+            raise WorkerTimeout(f"the worker did not answer init within {self.handshake_timeout} s; stderr: {wp.stderr_text(2000)}") from None
+        assert isinstance(reply, Ready)
+        self.ready = reply
+        return reply
+
+    async def restart(self) -> Ready:
+        """Replace the worker with a fresh one, reload its model, restore the conversation."""
+        async with self._start_lock:
+            old = self._wp
+            if old is not None and old.process.returncode is None:
+                await self._kill(old)
+            history, system = list(self._history), self._system_prompt
+            ready = await self._spawn()
+            if self._load_options is not None:
+                await self.load(**self._load_options)
+                self._history, self._system_prompt = history, system
+                self._restore_history = True
+            return ready
+
+    async def close(self) -> None:
+        """Shut down in order: cleanup, close stdin, wait, terminate, kill."""
+        wp = self._wp
+        if wp is None or wp.closing:
+            return
+        wp.closing = True
+        if wp.process.returncode is None and wp.crashed is None:
+            with anyio.move_on_after(self.shutdown_timeout):
+                try:
+                    await self._call(protocol.Cleanup(id=self._next_id()), wp)
+                except LlamaWorkerError:
+                    pass
+        await self._stop(wp)
+
+    async def _stop(self, wp: _WorkerProcess) -> None:
+        try:
+            if wp.process.stdin is not None:
+                await wp.process.stdin.aclose()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        for escalate in (None, wp.process.terminate, wp.process.kill):
+            if escalate is not None:
+                try:
+                    escalate()
+                except ProcessLookupError:
+                    pass
+            with anyio.move_on_after(self.shutdown_timeout):
+                await wp.process.wait()
+                break
+        await wp.process.wait()
+
+    async def _kill(self, wp: _WorkerProcess) -> None:
+        wp.closing = True
+        try:
+            wp.process.kill()
+        except ProcessLookupError:
+            pass
+        await wp.process.wait()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    async def _drain_stderr(self, wp: _WorkerProcess) -> None:
+        assert wp.process.stderr is not None
+        try:
+            async for data in wp.process.stderr:
+                wp.stderr_tail.append(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+
+    async def _read_frames(self, wp: _WorkerProcess) -> None:
+        assert wp.process.stdout is not None
+        reader = protocol.reply_reader()
+        try:
+            async for data in wp.process.stdout:
+                for item in reader.feed(data):
+                    if isinstance(item, protocol.ProtocolError):
+                        log.error("unreadable frame from the worker: %s", item)
+                        continue
+                    self._route(wp, item)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        # stdout closed: the worker is exiting or dead. Report within a second.
+        with anyio.move_on_after(1.0):
+            await wp.process.wait()
+        code = wp.process.returncode
+        sig = -code if code is not None and code < 0 else None
+        if not wp.closing or wp.pending:
+            cause = f"killed by signal {signal.Signals(sig).name}" if sig else f"exited with code {code}" if code is not None else "closed its output"
+            exc = WorkerCrashed(
+                f"the worker (pid {wp.process.pid}) {cause}",
+                exit_code=code if sig is None else None,
+                signal=sig,
+                stderr_tail=wp.stderr_text(),
+            )
+            if not wp.closing:
+                log.error("%s; stderr tail:\n%s", exc.message, exc.stderr_tail[-2000:])
+            wp.fail_all(exc)
+        wp.gone.set()
+
+    def _route(self, wp: _WorkerProcess, msg: Any) -> None:
+        rid = getattr(msg, "id", None)
+        waiter = wp.pending.get(rid) if rid is not None else None
+        if waiter is None:
+            if isinstance(msg, protocol.Log):
+                if self.on_log:
+                    self.on_log(msg.level, msg.message)
+                else:
+                    log.log(logging.getLevelName(msg.level.upper()), "worker: %s", msg.message)
+            elif isinstance(msg, Error):
+                log.warning("worker error without a waiter: %s: %s", msg.code, msg.message)
+            return
+        if not isinstance(msg, (Chunk, Progress)):
+            del wp.pending[rid]
+        waiter.send.send_nowait(msg)
+
+    async def _process(self) -> _WorkerProcess:
+        wp = self._wp
+        if wp is not None and wp.crashed is None and not wp.closing:
+            return wp
+        if wp is not None and wp.closing:
+            raise LlamaWorkerError("the client is closed", code="closed")
+        if self.auto_restart:
+            await self.restart()
+            assert self._wp is not None
+            return self._wp
+        assert wp is not None and wp.crashed is not None
+        raise wp.crashed
+
+    async def _open(self, msg: msgspec.Struct, wp: _WorkerProcess | None = None) -> _Waiter:
+        wp = wp or await self._process()
+        send, receive = anyio.create_memory_object_stream[Any](math.inf)
+        waiter = _Waiter(send, receive)
+        rid = msg.id  # type: ignore[attr-defined]
+        wp.pending[rid] = waiter
+        try:
+            async with self._send_lock:
+                assert wp.process.stdin is not None
+                await wp.process.stdin.send(protocol.encode(msg))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            # The reader will see the worker's death and fail the waiter.
+            pass
+        return waiter
+
+    async def _call(self, msg: msgspec.Struct, wp: _WorkerProcess | None = None) -> Any:
+        """Send a request and wait for its terminal reply (raising on `error`)."""
+        waiter = await self._open(msg, wp)
+        while True:
+            reply = await waiter.receive.receive()
+            if isinstance(reply, BaseException):
+                raise reply
+            if isinstance(reply, Error):
+                raise error_from_frame(reply.code, reply.message, reply.retryable)
+            if not isinstance(reply, (Chunk, Progress)):
+                return reply
+
+    # -- requests -----------------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Round trip time in seconds."""
+        t0 = time.perf_counter()
+        await self._call(protocol.Ping(id=self._next_id()))
+        return time.perf_counter() - t0
+
+    async def load(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        on_progress: Callable[[float], None] | None = None,
+        **options: Any,
+    ) -> ModelInfo:
+        """Load a model (None: the default); `on_progress` gets fractions 0..1.
+
+        Raises `WorkerTimeout` when no progress arrives for `load_stall_timeout`.
+        """
+        path = os.fspath(model_path) if model_path is not None else None
+        request = protocol.Load(id=self._next_id(), model_path=path, **options)
+        waiter = await self._open(request)
+        while True:
+            with anyio.move_on_after(self.load_stall_timeout) as scope:
+                reply = await waiter.receive.receive()
+            if scope.cancelled_caught:
+                with anyio.CancelScope(shield=True):
+                    await self.abort(request.id)
+                raise WorkerTimeout(f"the load made no progress for {self.load_stall_timeout} s and was aborted")
+            if isinstance(reply, BaseException):
+                raise reply
+            if isinstance(reply, Progress):
+                if on_progress is not None:
+                    on_progress(reply.fraction)
+                continue
+            if isinstance(reply, Error):
+                raise error_from_frame(reply.code, reply.message, reply.retryable)
+            assert isinstance(reply, Loaded)
+            self.model = reply.model
+            self._load_options = {"model_path": path, **options}
+            self._system_prompt = options.get("system_prompt") or None
+            self._history = []
+            self._restore_history = False
+            return reply.model
+
+    async def generate(self, input: ChatInput, **options: Any) -> Generation:
+        """Start a generation; iterate the result for chunks (see `Generation`).
+
+        `input` is the next user turn (str) or a whole conversation (list of
+        {"role", "content"} messages). Options are the protocol's: max_tokens,
+        temperature, top_p, stop, top_k, min_p, repeat_penalty, seed, mode.
+        """
+        wire_input = self._wire_input(input, options.get("mode", "chat"))
+        request = protocol.Generate(id=self._next_id(), input=wire_input, **options)
+        waiter = await self._open(request)
+        return Generation(self, request, waiter)
+
+    async def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
+        """One turn, returning the final result (chunks go to `on_chunk` if given)."""
+        async with await self.generate(input, **options) as stream:
+            async for text in stream:
+                if on_chunk is not None:
+                    on_chunk(text)
+        assert stream.result is not None
+        return stream.result
+
+    async def abort(self, target: int | str | None = None) -> None:
+        """Stop `target` (a request id), or whatever runs."""
+        wp = self._wp
+        if wp is None or wp.crashed is not None or wp.process.returncode is not None:
+            return
+        try:
+            await self._call(protocol.Abort(id=self._next_id(), target=target), wp)
+        except WorkerCrashed:
+            pass
+
+    async def reset(self, system_prompt: str | None = None) -> None:
+        """Clear the conversation; None keeps the system prompt, "" removes it."""
+        await self._call(protocol.Reset(id=self._next_id(), system_prompt=system_prompt))
+        self._history = []
+        self._restore_history = False
+        if system_prompt is not None:
+            self._system_prompt = system_prompt or None
+
+    async def cleanup(self) -> None:
+        """Free the model, context and session (the worker stays up)."""
+        await self._call(protocol.Cleanup(id=self._next_id()))
+        self.model = None
+        self._load_options = None
+        self._history = []
+
+    # -- conversation mirror --------------------------------------------------------
+
+    def _wire_input(self, input: ChatInput, mode: str) -> str | list[ChatMessage]:
+        if isinstance(input, str):
+            if mode == "chat" and self._restore_history:
+                # The worker restarted: send the whole conversation once.
+                head = [ChatMessage(role="system", content=self._system_prompt)] if self._system_prompt else []
+                return [*head, *(ChatMessage(role=m["role"], content=m["content"]) for m in self._history), ChatMessage(role="user", content=input)]  # type: ignore[arg-type]
+            return input
+        return [m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"]) for m in input]  # type: ignore[arg-type]
+
+    def _after_generation(self, request: protocol.Generate, done: Done) -> None:
+        if request.mode != "chat":
+            return
+        if done.stop_reason == "aborted" and not done.text:
+            return  # the worker did not record the turn either
+        if isinstance(request.input, str):
+            history = [*self._history, {"role": "user", "content": request.input}]
+        else:
+            messages = [{"role": m.role, "content": m.content} for m in request.input]
+            if messages and messages[0]["role"] == "system":
+                self._system_prompt = messages.pop(0)["content"] or None
+            history = messages
+        history = history[done.truncated_messages :]
+        self._history = [*history, {"role": "assistant", "content": done.text}]
+        self._restore_history = False
+
+
+__all__ = ["AsyncClient", "Generation", "Result", "default_worker_command", "Aborted"]

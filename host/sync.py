@@ -1,0 +1,139 @@
+"""The blocking face of `AsyncClient`, for scripts and notebooks.
+
+It runs the async client on an event loop in a background thread (an anyio
+blocking portal) and forwards each call, so there is one implementation of
+the protocol, not two.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from protocol import Done, ModelInfo
+
+from .client import AsyncClient, ChatInput, Generation
+
+
+class SyncGeneration:
+    """Iterate for text chunks; `.result` holds the final result at the end.
+
+    Leaving the loop early (break, an exception, Ctrl-C) aborts the
+    generation on the worker when used as a context manager or closed.
+    """
+
+    def __init__(self, portal: BlockingPortal, generation: Generation) -> None:
+        self._portal = portal
+        self._generation = generation
+
+    @property
+    def result(self) -> Done | None:
+        return self._generation.result
+
+    @property
+    def text(self) -> str:
+        return self._generation.text
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return self._portal.call(self._generation.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+        except KeyboardInterrupt:
+            self.abort()
+            raise
+
+    def abort(self) -> Done:
+        """Stop the generation and return its partial result."""
+        return self._portal.call(self._generation.abort)
+
+    def final(self) -> Done:
+        return self._portal.call(self._generation.final)
+
+    def close(self) -> None:
+        if self._generation.result is None:
+            self.abort()
+
+    def __enter__(self) -> SyncGeneration:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Client:
+    """Blocking client: `with Client() as client: client.load(); client.chat("Hi")`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self._async = AsyncClient(*args, **kwargs)
+            self._client_cm = self._portal.wrap_async_context_manager(self._async)
+            self._client_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+        self._closed = False
+
+    @property
+    def async_client(self) -> AsyncClient:
+        return self._async
+
+    def __getattr__(self, name: str) -> Any:
+        # Read-only state (ready, model, pid, alive, history, stderr_tail).
+        return getattr(self._async, name)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._portal.call(functools.partial(fn, *args, **kwargs))
+
+    def ping(self) -> float:
+        return self._call(self._async.ping)
+
+    def load(self, model_path: Any = None, *, on_progress: Callable[[float], None] | None = None, **options: Any) -> ModelInfo:
+        return self._call(self._async.load, model_path, on_progress=on_progress, **options)
+
+    def generate(self, input: ChatInput, **options: Any) -> SyncGeneration:
+        return SyncGeneration(self._portal, self._call(self._async.generate, input, **options))
+
+    def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
+        with self.generate(input, **options) as stream:
+            for text in stream:
+                if on_chunk is not None:
+                    on_chunk(text)
+        assert stream.result is not None
+        return stream.result
+
+    def abort(self, target: int | str | None = None) -> None:
+        self._call(self._async.abort, target)
+
+    def reset(self, system_prompt: str | None = None) -> None:
+        self._call(self._async.reset, system_prompt)
+
+    def cleanup(self) -> None:
+        self._call(self._async.cleanup)
+
+    def restart(self) -> Any:
+        return self._call(self._async.restart)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
