@@ -118,6 +118,14 @@ def clear_recent_errors() -> None:
 # ---------------------------------------------------------------------------
 
 
+def cpuinfo_has_amx(cpuinfo: str) -> bool:
+    """True when a /proc/cpuinfo text lists an AMX flag (amx_tile, amx_int8, amx_bf16...)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return any(flag.startswith("amx") for flag in line.split(":", 1)[-1].split())
+    return False
+
+
 @functools.cache
 def cpu_has_amx() -> bool:
     """True when the CPU advertises AMX (Sapphire Rapids and newer Xeons).
@@ -128,12 +136,9 @@ def cpu_has_amx() -> bool:
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return any(flag.startswith("amx") for flag in line.split())
+            return cpuinfo_has_amx(f.read())
     except OSError:
-        pass
-    return False
+        return False
 
 
 def usable_cores() -> int:

@@ -1,0 +1,32 @@
+"""Every Python example in the README runs as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+EXAMPLES = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    quick = README.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert quick.split() == ["make", "demo", "make", "test"]
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_python_example_runs(index: int, tmp_path) -> None:
+    script = tmp_path / f"example_{index}.py"
+    script.write_text(EXAMPLES[index], encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip()
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 2
