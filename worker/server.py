@@ -123,6 +123,7 @@ class WorkerServer:
         self._initialized = False
         self._ready_info: dict[str, object] | None = None
         self._shutting_down = threading.Event()
+        self._watchdog: threading.Timer | None = None
         self.exit_code = EXIT_OK
 
     # ------------------------------------------------------------------
@@ -143,6 +144,8 @@ class WorkerServer:
                 self._run_job(item)
         self._worker.cleanup()
         self._writer.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()  # shutdown finished in time
         return self.exit_code
 
     def shutdown(self, exit_code: int, reason: str) -> None:
@@ -156,9 +159,9 @@ class WorkerServer:
             if self._active is not None:
                 self._active.cancel.set()
         self._jobs.put(_STOP)
-        watchdog = threading.Timer(SHUTDOWN_GRACE_S, self._hard_exit)
-        watchdog.daemon = True
-        watchdog.start()
+        self._watchdog = threading.Timer(SHUTDOWN_GRACE_S, self._hard_exit)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def _hard_exit(self) -> None:
         log.error("shutdown did not finish within %.1f s; exiting hard", SHUTDOWN_GRACE_S)
