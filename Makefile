@@ -50,13 +50,20 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(PY) -m host.demo
 
+# The Node.js host's conformance suite runs whenever node is on the PATH.
 test: setup
 	$(PY) -m pytest -q
+	@if command -v node >/dev/null 2>&1 && [ -d host/node ]; then \
+	  echo "node --test host/node/test/"; \
+	  cd host/node && LLAMA_WORKER_PYTHON=$(CURDIR)/$(PY) node --test test/; \
+	else echo "node not found: skipping the Node.js host suite"; fi
 
+# Full-count reliability runs; figures land in reliability-results.json.
 soak: setup
-	LLAMA_WORKER_SOAK=1 $(PY) -m pytest -q tests -m soak
+	LLAMA_WORKER_SOAK=1 $(PY) -m pytest -q tests/test_reliability.py
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench
 
 schema: setup
