@@ -68,6 +68,7 @@ bench: setup
 
 schema: setup
 	$(PY) -m protocol.schema
+	@if command -v node >/dev/null 2>&1; then node host/node/scripts/gen-typings.js; fi
 
 clean:
 	rm -rf .pytest_cache .hypothesis build *.egg-info

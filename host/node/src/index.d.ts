@@ -1,0 +1,296 @@
+// Typings of llama-worker-client. The wire message types live in ./protocol.d.ts,
+// generated from protocol/schema.json (scripts/gen-typings.js); this file only
+// describes the client API and refers to them.
+
+import { EventEmitter } from 'node:events';
+import type {
+  ChatMessage,
+  Done,
+  Error as ErrorFrame,
+  ErrorCode,
+  Generate,
+  Load,
+  Log,
+  ModelInfo,
+  Ready,
+  Reset,
+  WorkerMessage,
+} from './protocol.js';
+
+export type * from './protocol.js';
+export type { ErrorFrame };
+
+export declare const PROTOCOL_VERSION: 1;
+/** The environment variable the client sets to its own pid (the worker exits when that process dies). */
+export declare const PARENT_ENV_VAR: 'LLAMA_WORKER_PARENT_PID';
+
+/** `python` on Windows, `python3` elsewhere. */
+export declare function defaultPython(): string;
+/** The command line `new LlamaWorkerClient(options)` spawns (without `args`). */
+export declare function resolveCommand(options?: Pick<ClientOptions, 'command' | 'python'>): string[];
+
+export interface ClientOptions {
+  /**
+   * The worker command: a string (one executable, e.g. "llama-worker" or
+   * "/app/.venv/bin/llama-worker") or an argv array. Default:
+   * `[python, "-m", "worker"]`.
+   */
+  command?: string | string[];
+  /** The interpreter for the default command (e.g. "/app/.venv/bin/python"). Default: defaultPython(). */
+  python?: string;
+  /** Extra worker flags, e.g. ["--log-level", "info"]. Never "--help". */
+  args?: string[];
+  /** Extra environment (e.g. LLAMA_WORKER_MODEL). LLAMA_WORKER_PARENT_PID is always set to process.pid. */
+  env?: Record<string, string>;
+  /** Start from process.env (default true); false: only `env`. */
+  inheritEnv?: boolean;
+  cwd?: string;
+  /** Milliseconds to wait for `ready` (default 60000). */
+  handshakeTimeout?: number;
+  /** A load with no progress for this long (ms) is aborted and rejects with WorkerTimeoutError (default 120000). */
+  loadStallTimeout?: number;
+  /** close(): how long to wait for `cleanup` (default 5000 ms). */
+  cleanupTimeout?: number;
+  /** close(): how long to wait for the exit after ending stdin (default 5000 ms). */
+  exitTimeout?: number;
+  /** close(): how long to wait after SIGTERM before SIGKILL (default 2000 ms). */
+  termTimeout?: number;
+  /** Leaving a `for await` early: how long return() waits for the aborted generation to end (default 5000 ms). */
+  abortTimeout?: number;
+  /** Largest worker frame accepted (default 64 MiB); a larger one is fatal (the worker is killed). */
+  maxFrameSize?: number;
+  /** Largest request payload sent (default 16 MiB, the worker's default --max-frame-size); larger requests throw BadRequestError. */
+  maxRequestSize?: number;
+  /** How much stderr to keep for WorkerCrashedError.stderrTail (default 8192 bytes). */
+  stderrTailBytes?: number;
+  /** `init.log_level`: also receive worker log records at this level or above as 'log' events. */
+  logLevel?: 'debug' | 'info' | 'warning' | 'error' | null;
+  /** Called for every `log` frame. */
+  onLog?: (level: Log['level'], message: string) => void;
+  /** Called for every chunk of stderr (stderr is always drained, whether or not this is set). */
+  onStderr?: (data: Buffer) => void;
+}
+
+/**
+ * load() options: camelCase names or the wire names (snake_case). Unknown
+ * names throw a TypeError. Omitted (or undefined) fields take the worker's
+ * defaults; null is sent as null.
+ */
+export interface LoadOptions {
+  /** GGUF file; omitted/null: $LLAMA_WORKER_MODEL, else the bundled default model. */
+  modelPath?: Load['model_path'];
+  nCtx?: Load['n_ctx'];
+  nThreads?: Load['n_threads'];
+  nGpuLayers?: Load['n_gpu_layers'];
+  seed?: Load['seed'];
+  chatFormat?: Load['chat_format'];
+  systemPrompt?: Load['system_prompt'];
+  useExtraBufts?: Load['use_extra_bufts'];
+  nBatch?: Load['n_batch'];
+  flashAttn?: Load['flash_attn'];
+  model_path?: Load['model_path'];
+  n_ctx?: Load['n_ctx'];
+  n_threads?: Load['n_threads'];
+  n_gpu_layers?: Load['n_gpu_layers'];
+  chat_format?: Load['chat_format'];
+  system_prompt?: Load['system_prompt'];
+  use_extra_bufts?: Load['use_extra_bufts'];
+  n_batch?: Load['n_batch'];
+  flash_attn?: Load['flash_attn'];
+}
+
+/** generate() options: camelCase names or the wire names (snake_case). Unknown names throw a TypeError. */
+export interface GenerateOptions {
+  /** Upper bound on completion tokens (worker default 512). */
+  maxTokens?: Generate['max_tokens'];
+  temperature?: Generate['temperature'];
+  topP?: Generate['top_p'];
+  /** Stop sequences; a single string is accepted too. */
+  stop?: Generate['stop'] | string;
+  topK?: Generate['top_k'];
+  minP?: Generate['min_p'];
+  repeatPenalty?: Generate['repeat_penalty'];
+  seed?: Generate['seed'];
+  mode?: Generate['mode'];
+  max_tokens?: Generate['max_tokens'];
+  top_p?: Generate['top_p'];
+  top_k?: Generate['top_k'];
+  min_p?: Generate['min_p'];
+  repeat_penalty?: Generate['repeat_penalty'];
+}
+
+/** reset() options. */
+export interface ResetOptions {
+  /** undefined/null: keep the current system prompt; "": remove it; a string: the new one. */
+  systemPrompt?: Reset['system_prompt'];
+  system_prompt?: Reset['system_prompt'];
+}
+
+/** A chat message as accepted by generate() (extra properties are dropped). */
+export type MessageInput = Pick<ChatMessage, 'role' | 'content'>;
+/** generate() input: the next user turn (or the text to continue in completion mode), or a whole conversation. */
+export type GenerateInput = string | readonly MessageInput[];
+
+export interface ExitInfo {
+  exitCode: number | null;
+  /** Signal name, e.g. "SIGKILL". */
+  signal: NodeJS.Signals | null;
+}
+
+export interface ExitEvent extends ExitInfo {
+  /** True when the client closed (or killed) it; false for a crash. */
+  expected: boolean;
+  /** The crash error when not expected. */
+  error: WorkerCrashedError | null;
+}
+
+export interface LlamaWorkerClientEvents {
+  log: [message: Log];
+  stderr: [data: Buffer];
+  exit: [event: ExitEvent];
+  workerError: [error: LlamaWorkerError];
+  protocolError: [error: ProtocolViolationError];
+  unknownMessage: [message: Record<string, unknown> & { type: string }];
+}
+
+export declare class LlamaWorkerClient extends EventEmitter {
+  constructor(options?: ClientOptions);
+  /** Spawn a worker and complete the handshake. */
+  static start(options?: ClientOptions): Promise<LlamaWorkerClient>;
+
+  /** The worker's `ready` message, once started. */
+  ready: Ready | null;
+  /** The loaded model, or null. */
+  model: ModelInfo | null;
+  /** The command line used to spawn the worker. */
+  readonly command: string[];
+  /** Pid of the spawned process (null before start). */
+  readonly pid: number | null;
+  /** True while the worker runs and the client accepts requests. */
+  readonly alive: boolean;
+  /** The last few KiB of the worker's stderr. */
+  readonly stderrTail: string;
+  /** Frames written to the worker's stdin, bytes, and how often a write had to wait for 'drain'. */
+  readonly writeStats: { frames: number; bytes: number; drainWaits: number };
+  /** The crash that ended the worker, if it died unexpectedly. */
+  readonly crashError: WorkerCrashedError | null;
+  /** Resolves once the worker process is gone and its output read. */
+  readonly exited: Promise<ExitInfo>;
+
+  /** Spawn the worker and send `init` (idempotent); resolves with `ready`. */
+  start(): Promise<Ready>;
+  /** Liveness check; resolves with the round trip in milliseconds. */
+  ping(options?: { timeout?: number }): Promise<number>;
+  /** Load a model; resolves with its info. */
+  load(options?: LoadOptions, callOptions?: { onProgress?: (fraction: number) => void; signal?: AbortSignal }): Promise<ModelInfo>;
+  /**
+   * Start a generation: an async iterator of text chunks. The final result is
+   * `stream.result` after the loop, or `await stream.final()`.
+   */
+  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal }): Generation;
+  /** One turn, resolving with the final result. */
+  chat(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<Done>;
+  /** Stop a request by id, or whatever job runs. Resolves on the worker's `ok`; a no-op once the worker is gone. */
+  abort(target?: number | string | null): Promise<void>;
+  /** Clear the chat history (optionally replacing the system prompt). */
+  reset(options?: string | null | ResetOptions): Promise<void>;
+  /** Abort what runs and free the model; the worker stays up. */
+  cleanup(options?: { timeout?: number }): Promise<void>;
+  /** cleanup -> end stdin -> wait -> SIGTERM -> SIGKILL, each bounded. Idempotent. */
+  close(): Promise<ExitInfo>;
+
+  on<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
+  once<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
+  off<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
+}
+
+/** An in-flight generation: iterate it for text chunks; the final `done` at the end. */
+export declare class Generation implements AsyncIterableIterator<string> {
+  private constructor();
+  /** The request id (null when it could not be sent). */
+  readonly id: number | null;
+  /** The request as sent, wire names. */
+  readonly request: Omit<Generate, 'id'> & { id?: number };
+  /** All text received so far. */
+  readonly text: string;
+  /** The final result once finished (stop_reason "aborted" after an abort), else null. */
+  readonly result: Done | null;
+  /** The error that ended the generation, if any. */
+  readonly error: LlamaWorkerError | null;
+  readonly finished: boolean;
+  [Symbol.asyncIterator](): this;
+  next(): Promise<IteratorResult<string, undefined>>;
+  /** Leaving a `for await` early lands here: aborts and waits (bounded) for the worker to end the generation. */
+  return(): Promise<IteratorResult<string, undefined>>;
+  /** Resolve with the final result (consuming what is left); rejects with the generation's error. */
+  final(): Promise<Done>;
+  /** Abort; resolves with the (partial) result. */
+  abort(): Promise<Done>;
+}
+
+// -- errors -------------------------------------------------------------------
+
+export declare class LlamaWorkerError extends Error {
+  constructor(message: string, options?: { code?: string; retryable?: boolean; requestId?: number | string | null; cause?: unknown });
+  /** A protocol ErrorCode, or one of the client's own: worker_crashed, timeout, closed, protocol_violation, not_started. */
+  code: ErrorCode | 'worker_crashed' | 'timeout' | 'closed' | 'protocol_violation' | 'not_started' | (string & {});
+  /** True when sending the same request again later can succeed unchanged. */
+  retryable: boolean;
+  /** The id of the request the worker refused, when it came from an `error` frame. */
+  requestId: number | string | null;
+}
+/** invalid_request, bad_frame, frame_too_large, unknown_type (and the two subclasses). */
+export declare class BadRequestError extends LlamaWorkerError {}
+export declare class NotInitializedError extends BadRequestError {}
+export declare class ProtocolMismatchError extends BadRequestError {}
+/** busy: retryable. */
+export declare class BusyError extends LlamaWorkerError {}
+export declare class ModelError extends LlamaWorkerError {}
+export declare class NoModelError extends ModelError {}
+export declare class ModelNotFoundError extends ModelError {}
+export declare class LoadFailedError extends ModelError {}
+export declare class ContextOverflowError extends LlamaWorkerError {}
+/** aborted: a load stopped by abort/cleanup (an aborted generation ends with stop_reason "aborted" instead). */
+export declare class AbortedError extends LlamaWorkerError {}
+export declare class GenerationFailedError extends LlamaWorkerError {}
+export declare class InternalError extends LlamaWorkerError {}
+export declare class WorkerCrashedError extends LlamaWorkerError {
+  constructor(message: string, details: { exitCode: number | null; signal: string | null; stderrTail: string; cause?: unknown });
+  exitCode: number | null;
+  /** e.g. "SIGKILL" */
+  signal: string | null;
+  stderrTail: string;
+}
+export declare class WorkerTimeoutError extends LlamaWorkerError {}
+export declare class ClientClosedError extends LlamaWorkerError {}
+export declare class ProtocolViolationError extends LlamaWorkerError {}
+
+/** The class an error code maps to (LlamaWorkerError for unknown codes). */
+export declare function errorClassForCode(code: string): typeof LlamaWorkerError;
+/** Turn an `error` frame into the matching error. */
+export declare function errorFromFrame(frame: Pick<ErrorFrame, 'code' | 'message' | 'retryable'> & { id?: ErrorFrame['id'] }): LlamaWorkerError;
+
+// -- framing ------------------------------------------------------------------
+
+export declare const DEFAULT_MAX_FRAME_SIZE: number;
+export declare const WORKER_DEFAULT_MAX_FRAME_SIZE: number;
+export declare class FrameError extends Error {
+  fatal: boolean;
+  payload?: Buffer;
+}
+/** 4-byte big-endian length + UTF-8 JSON. */
+export declare function encodeFrame(message: object): Buffer;
+/** Incremental frame decoder for any chunking. */
+export declare class FrameDecoder {
+  constructor(options?: { maxFrameSize?: number });
+  maxFrameSize: number;
+  readonly buffered: number;
+  /** Whole frames so far (FrameError for undecodable payloads); throws a fatal FrameError on an oversized length. */
+  push(data: Uint8Array): Array<WorkerMessage | (Record<string, unknown> & { type: string }) | FrameError>;
+}
+
+// -- options tables -------------------------------------------------------------
+
+export declare const LOAD_FIELDS: Readonly<Record<string, string>>;
+export declare const GENERATE_FIELDS: Readonly<Record<string, string>>;
+export declare const RESET_FIELDS: Readonly<Record<string, string>>;

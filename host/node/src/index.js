@@ -1,0 +1,25 @@
+// llama-worker-client: the Node.js host client of llama-worker (plain ESM, no dependencies).
+export { LlamaWorkerClient, Generation, PROTOCOL_VERSION, PARENT_ENV_VAR, defaultPython, resolveCommand } from './client.js';
+export {
+  LlamaWorkerError,
+  BadRequestError,
+  NotInitializedError,
+  ProtocolMismatchError,
+  BusyError,
+  ModelError,
+  NoModelError,
+  ModelNotFoundError,
+  LoadFailedError,
+  ContextOverflowError,
+  AbortedError,
+  GenerationFailedError,
+  InternalError,
+  WorkerCrashedError,
+  WorkerTimeoutError,
+  ClientClosedError,
+  ProtocolViolationError,
+  errorFromFrame,
+  errorClassForCode,
+} from './errors.js';
+export { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE } from './framing.js';
+export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS } from './options.js';

@@ -1,0 +1,86 @@
+// Request options: the client accepts camelCase names (JavaScript style) and
+// the protocol's own snake_case names, and sends the wire names.
+
+/** load(): camelCase option -> wire field of the `load` message. */
+export const LOAD_FIELDS = Object.freeze({
+  modelPath: 'model_path',
+  nCtx: 'n_ctx',
+  nThreads: 'n_threads',
+  nGpuLayers: 'n_gpu_layers',
+  seed: 'seed',
+  chatFormat: 'chat_format',
+  systemPrompt: 'system_prompt',
+  useExtraBufts: 'use_extra_bufts',
+  nBatch: 'n_batch',
+  flashAttn: 'flash_attn',
+});
+
+/** generate(): camelCase option -> wire field of the `generate` message (`input` is the first argument). */
+export const GENERATE_FIELDS = Object.freeze({
+  maxTokens: 'max_tokens',
+  temperature: 'temperature',
+  topP: 'top_p',
+  stop: 'stop',
+  topK: 'top_k',
+  minP: 'min_p',
+  repeatPenalty: 'repeat_penalty',
+  seed: 'seed',
+  mode: 'mode',
+});
+
+/** reset(): camelCase option -> wire field of the `reset` message. */
+export const RESET_FIELDS = Object.freeze({
+  systemPrompt: 'system_prompt',
+});
+
+/**
+ * Map user options to wire fields. Undefined values are left out (the worker's
+ * default applies); null is sent as null ("omitted" in the protocol). Unknown
+ * names throw a TypeError, so a typo does not silently fall back to a default.
+ * @param {object | null | undefined} options
+ * @param {Readonly<Record<string, string>>} table
+ * @param {string} what
+ */
+export function toWireFields(options, table, what) {
+  if (options == null) return {};
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw new TypeError(`${what} options must be an object`);
+  }
+  const wireNames = new Set(Object.values(table));
+  /** @type {Record<string, unknown>} */
+  const out = {};
+  /** @type {Record<string, string>} */
+  const givenAs = {};
+  for (const [key, value] of Object.entries(options)) {
+    if (value === undefined) continue;
+    let wire;
+    if (Object.prototype.hasOwnProperty.call(table, key)) wire = table[key];
+    else if (wireNames.has(key)) wire = key;
+    else {
+      const names = Object.entries(table).map(([camel, w]) => (camel === w ? camel : `${camel}/${w}`));
+      throw new TypeError(`unknown ${what} option ${JSON.stringify(key)}; known: ${names.join(', ')}`);
+    }
+    if (wire in out && out[wire] !== value) {
+      throw new TypeError(`${what} option ${wire} given twice (${givenAs[wire]} and ${key}) with different values`);
+    }
+    out[wire] = value;
+    givenAs[wire] = key;
+  }
+  return out;
+}
+
+/**
+ * Normalise a generate input: a string (the next user turn, or the text to
+ * continue in completion mode) or a list of {role, content} messages (extra
+ * properties are dropped).
+ */
+export function toWireInput(input) {
+  if (typeof input === 'string') return input;
+  if (Array.isArray(input)) {
+    return input.map((m, i) => {
+      if (m === null || typeof m !== 'object') throw new TypeError(`input[${i}] must be a {role, content} object`);
+      return { role: m.role, content: m.content };
+    });
+  }
+  throw new TypeError('input must be a string or an array of {role, content} messages');
+}

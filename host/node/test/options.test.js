@@ -1,0 +1,95 @@
+// Option names (camelCase and wire), input normalisation, and the error classes.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  AbortedError,
+  BadRequestError,
+  BusyError,
+  ContextOverflowError,
+  GenerationFailedError,
+  InternalError,
+  LlamaWorkerError,
+  LoadFailedError,
+  ModelError,
+  ModelNotFoundError,
+  NoModelError,
+  NotInitializedError,
+  ProtocolMismatchError,
+  errorFromFrame,
+  resolveCommand,
+} from '../src/index.js';
+import { GENERATE_FIELDS, LOAD_FIELDS, toWireFields, toWireInput } from '../src/options.js';
+
+test('camelCase and wire names map to the wire names', () => {
+  assert.deepEqual(toWireFields({ maxTokens: 5, top_p: 0.5, temperature: 0, stop: ['x'], undefinedOne: undefined }, GENERATE_FIELDS, 'generate'), {
+    max_tokens: 5,
+    top_p: 0.5,
+    temperature: 0,
+    stop: ['x'],
+  });
+  assert.deepEqual(toWireFields({ modelPath: null, n_ctx: 512, systemPrompt: 'Be brief.' }, LOAD_FIELDS, 'load'), {
+    model_path: null,
+    n_ctx: 512,
+    system_prompt: 'Be brief.',
+  });
+  assert.deepEqual(toWireFields(undefined, LOAD_FIELDS, 'load'), {});
+});
+
+test('unknown or conflicting option names are refused', () => {
+  assert.throws(() => toWireFields({ maxToken: 5 }, GENERATE_FIELDS, 'generate'), /unknown generate option "maxToken".*maxTokens\/max_tokens/);
+  assert.throws(() => toWireFields({ maxTokens: 5, max_tokens: 6 }, GENERATE_FIELDS, 'generate'), /given twice/);
+  assert.deepEqual(toWireFields({ maxTokens: 5, max_tokens: 5 }, GENERATE_FIELDS, 'generate'), { max_tokens: 5 });
+  assert.throws(() => toWireFields('x', GENERATE_FIELDS, 'generate'), TypeError);
+});
+
+test('inputs: strings pass, messages keep only role and content', () => {
+  assert.equal(toWireInput('hi'), 'hi');
+  assert.deepEqual(toWireInput([{ role: 'user', content: 'hi', extra: 1 }]), [{ role: 'user', content: 'hi' }]);
+  assert.throws(() => toWireInput(42), TypeError);
+  assert.throws(() => toWireInput([null]), TypeError);
+});
+
+test('the worker command: python -m worker by default, or any command', () => {
+  assert.deepEqual(resolveCommand({ python: '/venv/bin/python' }), ['/venv/bin/python', '-m', 'worker']);
+  assert.deepEqual(resolveCommand({ command: 'llama-worker' }), ['llama-worker']);
+  assert.deepEqual(resolveCommand({ command: ['uv', 'run', 'llama-worker'] }), ['uv', 'run', 'llama-worker']);
+  assert.equal(resolveCommand({})[1], '-m');
+  assert.throws(() => resolveCommand({ command: [] }), TypeError);
+});
+
+test('every error code maps to its class, like host/exceptions.py', () => {
+  const expected = {
+    bad_frame: BadRequestError,
+    frame_too_large: BadRequestError,
+    invalid_request: BadRequestError,
+    unknown_type: BadRequestError,
+    protocol_mismatch: ProtocolMismatchError,
+    not_initialized: NotInitializedError,
+    no_model: NoModelError,
+    busy: BusyError,
+    model_not_found: ModelNotFoundError,
+    load_failed: LoadFailedError,
+    context_overflow: ContextOverflowError,
+    aborted: AbortedError,
+    generation_failed: GenerationFailedError,
+    internal: InternalError,
+  };
+  for (const [code, Cls] of Object.entries(expected)) {
+    const retryable = ['busy', 'aborted', 'generation_failed'].includes(code);
+    const err = errorFromFrame({ type: 'error', id: 7, code, message: 'm', retryable });
+    assert.equal(err.constructor, Cls, code);
+    assert.ok(err instanceof LlamaWorkerError && err instanceof Error);
+    assert.equal(err.code, code);
+    assert.equal(err.retryable, retryable);
+    assert.equal(err.requestId, 7);
+    assert.equal(err.name, Cls.name);
+  }
+  assert.ok(new NoModelError('x') instanceof ModelError);
+  assert.ok(new NotInitializedError('x') instanceof BadRequestError);
+  assert.equal(new BusyError('x').retryable, true);
+  assert.equal(new BusyError('x').code, 'busy');
+  const unknown = errorFromFrame({ id: null, code: 'from_the_future', message: 'm', retryable: false });
+  assert.equal(unknown.constructor, LlamaWorkerError);
+  assert.equal(unknown.code, 'from_the_future');
+});

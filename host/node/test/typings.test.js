@@ -1,0 +1,99 @@
+// The typings match protocol/schema.json: src/protocol.d.ts is what
+// scripts/gen-typings.js makes of the current schema, and an independent
+// regex reading of the .d.ts files agrees with the schema on every message of
+// both unions (field names, required vs optional, the `type` literal) and on
+// the option names the client accepts.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+
+import { GENERATE_FIELDS, LOAD_FIELDS, RESET_FIELDS } from '../src/options.js';
+import { OUTPUT_PATH, SCHEMA_PATH, renderTypings } from '../scripts/gen-typings.js';
+
+const schema = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8'));
+const defs = schema.$defs;
+const protocolDts = readFileSync(OUTPUT_PATH, 'utf8');
+const indexDts = readFileSync(new URL('../src/index.d.ts', import.meta.url), 'utf8');
+
+/** interface name -> { field -> { optional, type } }, read with regexes (no TypeScript needed). */
+function parseInterfaces(source) {
+  const stripped = source.replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/.*$/gm, '');
+  const out = {};
+  for (const m of stripped.matchAll(/(?:export\s+)?interface\s+(\w+)(?:\s+extends\s+[\w<>, ]+)?\s*\{([^{}]*)\}/g)) {
+    const fields = {};
+    for (const line of m[2].split(/[;\n]/)) {
+      const f = line.trim().match(/^(\w+)(\?)?\s*:\s*(.+)$/);
+      if (f) fields[f[1]] = { optional: Boolean(f[2]), type: f[3].trim() };
+    }
+    out[m[1]] = fields;
+  }
+  return out;
+}
+
+function parseUnion(source, name) {
+  const m = source.match(new RegExp(`export\\s+type\\s+${name}\\s*=\\s*([^;]+);`));
+  assert.ok(m, `no union ${name}`);
+  return m[1].split('|').map((s) => s.trim());
+}
+
+const refName = (ref) => ref.replace('#/$defs/', '');
+
+test('src/protocol.d.ts is generated from the current schema (run `npm run gen-typings`)', () => {
+  assert.equal(protocolDts, renderTypings(schema), 'src/protocol.d.ts is stale: run `node scripts/gen-typings.js`');
+});
+
+test('every message of HostMessage and WorkerMessage has the schema fields, required or optional as in the schema', () => {
+  const interfaces = parseInterfaces(protocolDts);
+  const checked = [];
+  for (const union of ['HostMessage', 'WorkerMessage']) {
+    const members = defs[union].anyOf.map((m) => refName(m.$ref));
+    assert.deepEqual(parseUnion(protocolDts, union).sort(), [...members].sort(), `${union} members`);
+    for (const [type, ref] of Object.entries(defs[union].discriminator.mapping)) {
+      const name = refName(ref);
+      const def = defs[name];
+      const fields = interfaces[name];
+      assert.ok(fields, `interface ${name} missing`);
+      assert.deepEqual(Object.keys(fields).sort(), Object.keys(def.properties).sort(), `${name}: field names`);
+      const required = new Set(def.required ?? []);
+      for (const [field, info] of Object.entries(fields)) {
+        assert.equal(info.optional, !required.has(field), `${name}.${field}: ${required.has(field) ? 'required' : 'optional'} in the schema`);
+      }
+      assert.equal(fields.type.type, JSON.stringify(type), `${name}.type literal`);
+      checked.push(name);
+    }
+  }
+  // Nested objects too (ModelInfo, Usage, Timings, ChatMessage).
+  for (const [name, def] of Object.entries(defs)) {
+    if (def.type !== 'object' || checked.includes(name)) continue;
+    const fields = interfaces[name];
+    assert.ok(fields, `interface ${name} missing`);
+    const required = new Set(def.required ?? []);
+    assert.deepEqual(Object.keys(fields).sort(), Object.keys(def.properties).sort(), `${name}: field names`);
+    for (const [field, info] of Object.entries(fields)) assert.equal(info.optional, !required.has(field), `${name}.${field}`);
+  }
+  // Enums (ErrorCode, stop_reason...) list the schema's values.
+  assert.deepEqual(parseUnion(protocolDts, 'ErrorCode').map((s) => JSON.parse(s)).sort(), [...defs.ErrorCode.enum].sort());
+  assert.deepEqual(interfaces.Done.stop_reason.type.split(' | ').map((s) => JSON.parse(s)).sort(), [...defs.Done.properties.stop_reason.enum].sort());
+});
+
+test('load/generate/reset accept every schema field, by its camelCase and its wire name', () => {
+  const interfaces = parseInterfaces(indexDts);
+  const cases = [
+    ['Load', LOAD_FIELDS, 'LoadOptions', ['type', 'id']],
+    ['Generate', GENERATE_FIELDS, 'GenerateOptions', ['type', 'id', 'input']],
+    ['Reset', RESET_FIELDS, 'ResetOptions', ['type', 'id']],
+  ];
+  for (const [message, table, optionsInterface, excluded] of cases) {
+    const wireFields = Object.keys(defs[message].properties).filter((f) => !excluded.includes(f));
+    assert.deepEqual([...Object.values(table)].sort(), [...wireFields].sort(), `${message}: the client's option table covers the schema`);
+    const declared = interfaces[optionsInterface];
+    assert.ok(declared, `${optionsInterface} missing from index.d.ts`);
+    const expected = new Set([...Object.keys(table), ...Object.values(table)]);
+    assert.deepEqual(Object.keys(declared).sort(), [...expected].sort(), `${optionsInterface} names`);
+    for (const [name, info] of Object.entries(declared)) {
+      assert.ok(info.optional, `${optionsInterface}.${name} should be optional`);
+      const wire = table[name] ?? name;
+      assert.match(info.type, new RegExp(`^${message}\\['${wire}'\\]`), `${optionsInterface}.${name} refers to ${message}['${wire}']`);
+    }
+  }
+});
