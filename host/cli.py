@@ -83,8 +83,8 @@ def reply(client: Client, text: str, options: dict[str, Any], out: TextIO, show_
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:
-        pass  # SyncGeneration already aborted it; the partial reply stays in the session
-    result = stream.result if stream.result is not None else stream.final()
+        pass  # Ctrl-C: abort below (a no-op if SyncGeneration already did); the partial reply stays in the session
+    result = stream.result if stream.result is not None else stream.abort()
     out.write("\n")
     if show_stats:
         sys.stderr.write(stats_line(result) + "\n")

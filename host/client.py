@@ -94,10 +94,14 @@ class Generation:
     Use it as an async context manager so that leaving early (break, an
     exception, a cancelled task) aborts the generation on the worker:
 
-        async with client.generate("Hi") as stream:
+        async with await client.generate("Hi") as stream:
             async for text in stream:
                 print(text, end="")
         print(stream.result.usage)
+
+    A cancelled iteration (a timeout, a cancelled task) aborts it too, and
+    waits (shielded, up to `shutdown_timeout`) for the worker to end it, so
+    the worker is idle again when the cancellation propagates.
     """
 
     def __init__(self, client: AsyncClient, request: protocol.Generate, waiter: _Waiter) -> None:
@@ -105,7 +109,11 @@ class Generation:
         self.request = request
         self._waiter = waiter
         self.result: Done | None = None
+        self._error: BaseException | None = None
         self._chunks: list[str] = []
+        # One receiver at a time: a blocking caller interrupted by Ctrl-C
+        # leaves its receive running while it aborts and drains.
+        self._lock = anyio.Lock()
 
     @property
     def id(self) -> int | str:
@@ -116,17 +124,28 @@ class Generation:
         """Text received so far."""
         return "".join(self._chunks)
 
+    @property
+    def finished(self) -> bool:
+        """True once the generation ended: with a result, or with an error."""
+        return self.result is not None or self._error is not None
+
     def __aiter__(self) -> Generation:
         return self
 
     async def __anext__(self) -> str:
-        if self.result is not None:
-            raise StopAsyncIteration
         try:
-            msg = await self._waiter.receive.receive()
+            async with self._lock:
+                if self.result is not None:
+                    raise StopAsyncIteration
+                if self._error is not None:
+                    raise self._error
+                msg = await self._waiter.receive.receive()
         except anyio.get_cancelled_exc_class():
             await self._abort_shielded()
             raise
+        return self._take(msg)
+
+    def _take(self, msg: Any) -> str:
         if isinstance(msg, Chunk):
             self._chunks.append(msg.text)
             return msg.text
@@ -135,8 +154,10 @@ class Generation:
             self._client._after_generation(self.request, msg)
             raise StopAsyncIteration
         if isinstance(msg, Error):
-            raise error_from_frame(msg.code, msg.message, msg.retryable)
+            self._error = error_from_frame(msg.code, msg.message, msg.retryable)
+            raise self._error
         if isinstance(msg, BaseException):
+            self._error = msg
             raise msg
         raise LlamaWorkerError(f"unexpected frame for a generation: {msg!r}")
 
@@ -149,22 +170,27 @@ class Generation:
 
     async def abort(self) -> Done:
         """Stop the generation; return its (partial) result."""
-        if self.result is None:
+        if not self.finished:
             await self._client.abort(self.id)
         return await self.final()
 
     async def _abort_shielded(self) -> None:
-        with anyio.CancelScope(shield=True):
+        """Abort, then wait for the worker's terminal reply (or give up after a while)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._client.shutdown_timeout):
             try:
-                await self._client.abort(self.id)
-            except LlamaWorkerError:
+                if not self.finished:
+                    await self._client.abort(self.id)
+                async with self._lock:
+                    while not self.finished:
+                        self._take(await self._waiter.receive.receive())
+            except (LlamaWorkerError, StopAsyncIteration):
                 pass
 
     async def __aenter__(self) -> Generation:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.result is None:
+        if not self.finished:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._client.shutdown_timeout):
                 try:
                     await self.abort()
@@ -222,9 +248,14 @@ class AsyncClient:
         await self._tg.__aenter__()
         try:
             await self._spawn()
-        except BaseException as exc:
+        except BaseException:
+            # Leave no process behind, and raise the error itself (handing it
+            # to the task group would wrap it in an ExceptionGroup).
+            with anyio.CancelScope(shield=True):
+                if self._wp is not None and self._wp.process.returncode is None:
+                    await self._kill(self._wp)
             self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._tg.__aexit__(None, None, None)
             self._tg = None
             raise
         return self
@@ -483,9 +514,12 @@ class AsyncClient:
         {"role", "content"} messages). Options are the protocol's: max_tokens,
         temperature, top_p, stop, top_k, min_p, repeat_penalty, seed, mode.
         """
+        # Get the worker first: an automatic restart changes what must be sent
+        # (the whole conversation, to restore it on the new worker).
+        wp = await self._process()
         wire_input = self._wire_input(input, options.get("mode", "chat"))
         request = protocol.Generate(id=self._next_id(), input=wire_input, **options)
-        waiter = await self._open(request)
+        waiter = await self._open(request, wp)
         return Generation(self, request, waiter)
 
     async def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:

@@ -58,7 +58,7 @@ class SyncGeneration:
         return self._portal.call(self._generation.final)
 
     def close(self) -> None:
-        if self._generation.result is None:
+        if not self._generation.finished:
             self.abort()
 
     def __enter__(self) -> SyncGeneration:
