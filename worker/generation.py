@@ -99,6 +99,15 @@ def generate(
     matcher = StopMatcher(stop)
     t_first = 0.0
     reason = "max_tokens"
+
+    def send(text: str) -> None:
+        nonlocal t_first, ttft_ms
+        if not out:
+            t_first = time.perf_counter()
+            ttft_ms = (t_first - started_at) * 1000
+        out.append(text)
+        emit(text)
+
     is_eog = model.is_eog
     piece = model.piece
     with Sampler(model, sampling) as sampler:
@@ -114,11 +123,7 @@ def generate(
             n_gen += 1
             text, matched = matcher.feed(utf8.decode(piece(token)))
             if text:
-                if not out:
-                    t_first = time.perf_counter()
-                    ttft_ms = (t_first - started_at) * 1000
-                out.append(text)
-                emit(text)
+                send(text)
             if matched:
                 reason = "stop_sequence"
                 break
@@ -132,10 +137,6 @@ def generate(
     if reason != "stop_sequence":
         tail = matcher.feed(utf8.decode(b"", final=True))[0] + matcher.flush()
         if tail:
-            if not out:
-                t_first = time.perf_counter()
-                ttft_ms = (t_first - started_at) * 1000
-            out.append(tail)
-            emit(tail)
+            send(tail)
     decode_s = time.perf_counter() - t_first if t_first else 0.0
     return Outcome("".join(out), reason, len(prompt), cached, n_gen, ttft_ms, prompt_ms, decode_s)

@@ -150,7 +150,7 @@ class LlamaWorker:
             raise WorkerError(ErrorCode.LOAD_FAILED, f"could not load {path}: {exc}") from None
         context: Context | None = None
         try:
-            formatter = _choose_formatter(model, options.chat_format)
+            formatter = _choose_formatter(model, requested_format)
             n_ctx_train = model.n_ctx_train or DEFAULT_N_CTX
             if options.n_ctx is None:
                 n_ctx = min(DEFAULT_N_CTX, n_ctx_train)
@@ -337,10 +337,10 @@ def _check_gguf_file(path: Path) -> None:
         raise WorkerError(ErrorCode.LOAD_FAILED, f"{path} is not a GGUF file (it does not start with the GGUF magic)")
 
 
-def _choose_formatter(model: Model, requested: str | None) -> ChatFormatter:
+def _choose_formatter(model: Model, requested: str) -> ChatFormatter:
+    """`requested` is "auto", "gguf" or a built-in name (validated before the load)."""
     bos = model.token_text(model.bos) if model.bos >= 0 else ""
     eos = model.token_text(model.eos) if model.eos >= 0 else ""
-    requested = (requested or "auto").strip()
     try:
         if requested in ("auto", "gguf"):
             template = model.chat_template()
@@ -355,11 +355,8 @@ def _choose_formatter(model: Model, requested: str | None) -> ChatFormatter:
                     model.meta("general.name") or "",
                 )
                 formatter = formatter_for_builtin(fmt, bos, eos, "detected")
-        elif requested in BUILTIN_FORMATS:
-            formatter = formatter_for_builtin(BUILTIN_FORMATS[requested], bos, eos, "requested")
         else:
-            names = ", ".join(["auto", "gguf", *BUILTIN_FORMATS])
-            raise WorkerError.invalid(f"chat_format: unknown format {requested!r} (known: {names})")
+            formatter = formatter_for_builtin(BUILTIN_FORMATS[requested], bos, eos, "requested")
         formatter.probe()
     except ChatFormatError as exc:
         raise WorkerError(ErrorCode.LOAD_FAILED, f"the model's chat template does not work: {exc}") from None
