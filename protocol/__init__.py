@@ -15,7 +15,19 @@ from .codec import (
 from .errors import RETRYABLE_CODES, ErrorCode, ProtocolError, is_retryable
 from .framing import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, FrameDecoder, frame
 from .messages import (
+    DEFAULT_SESSION,
     PROTOCOL_VERSION,
+    CloseSession,
+    Preload,
+    Preloaded,
+    RestoreSession,
+    Restored,
+    SaveSession,
+    Saved,
+    SessionId,
+    SessionInfo,
+    SessionList,
+    Sessions,
     REPLY_TYPES,
     REQUEST_TYPES,
     Abort,
@@ -45,6 +57,18 @@ from .messages import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_SESSION",
+    "CloseSession",
+    "Preload",
+    "Preloaded",
+    "RestoreSession",
+    "Restored",
+    "SaveSession",
+    "Saved",
+    "SessionId",
+    "SessionInfo",
+    "SessionList",
+    "Sessions",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",
     "REPLY_TYPES",

@@ -27,6 +27,10 @@ class ErrorCode(enum.StrEnum):
     ABORTED = "aborted"
     GENERATION_FAILED = "generation_failed"
     INTERNAL = "internal"
+    SESSION_MISMATCH = "session_mismatch"
+    """A saved session was made with another model or KV layout."""
+    BAD_SESSION_FILE = "bad_session_file"
+    """A saved-session file is missing, unreadable, damaged or not one."""
 
 
 #: Codes for which sending the same request again, later, can succeed

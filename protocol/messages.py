@@ -30,6 +30,10 @@ Role = Literal["system", "user", "assistant"]
 _Seed = Annotated[int, Meta(ge=0, le=0xFFFFFFFE, description="Sampling seed (uint32, 0xFFFFFFFF excluded)")]
 _Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 
+#: Name of a chat session, chosen by the host. Sessions spring into being on first use.
+SessionId = Annotated[str, Meta(min_length=1, max_length=256, description="Chat session name")]
+DEFAULT_SESSION = "default"
+
 
 class _Message(msgspec.Struct, tag_field="type", kw_only=True):
     """Base of every frame's object: `type` is the tag."""
@@ -73,6 +77,8 @@ class Load(_Message, tag="load", kw_only=True):
     """Prompt evaluation batch size. Default 512."""
     flash_attn: bool | None = None
     """Flash attention. Default off on the CPU (it slows long contexts there)."""
+    session_cache_bytes: Annotated[int, Meta(ge=0)] | None = None
+    """RAM budget for the KV state of sessions that are not in the context (LRU). Default: 1/8 of RAM, at most 4 GiB; 0: none."""
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
@@ -103,6 +109,8 @@ class Generate(_Message, tag="generate", kw_only=True):
     """Default: a fresh seed per request, reported in `done.seed`."""
     mode: Literal["chat", "completion"] = "chat"
     """"completion": continue raw text without a chat template; the session is left alone."""
+    session: SessionId = DEFAULT_SESSION
+    """The chat session this turn belongs to (chat mode)."""
 
 
 class Abort(_Message, tag="abort", kw_only=True):
@@ -119,6 +127,47 @@ class Reset(_Message, tag="reset", kw_only=True):
     id: RequestId
     system_prompt: str | None = None
     """New system prompt. Omitted: keep the current one. Empty string: none."""
+    session: SessionId = DEFAULT_SESSION
+
+
+class Preload(_Message, tag="preload", kw_only=True):
+    """Evaluate a session's prompt for this (possibly partial) input into the KV cache, generating nothing. The next `generate` with the same or an extended input then evaluates only what is new. Any later job request interrupts it (never `busy`); the reply is then `preloaded` with `complete` false."""
+
+    id: RequestId
+    session: SessionId = DEFAULT_SESSION
+    input: Union[str, list[ChatMessage]]
+    """As `generate.input`."""
+    max_tokens: Annotated[int, Meta(ge=1)] = 512
+    """The `max_tokens` the coming `generate` will use: history is trimmed the same way."""
+
+
+class Sessions(_Message, tag="sessions", kw_only=True):
+    """List the chat sessions. Answered at once, also while a job runs."""
+
+    id: RequestId
+
+
+class CloseSession(_Message, tag="close_session", kw_only=True):
+    """Forget a session and its cached KV state ("default" is emptied instead)."""
+
+    id: RequestId
+    session: SessionId
+
+
+class SaveSession(_Message, tag="save_session", kw_only=True):
+    """Write a session's history and KV state to a file."""
+
+    id: RequestId
+    session: SessionId = DEFAULT_SESSION
+    path: Annotated[str, Meta(min_length=1)]
+
+
+class RestoreSession(_Message, tag="restore_session", kw_only=True):
+    """Replace a session with one saved by `save_session` (same model and KV layout)."""
+
+    id: RequestId
+    session: SessionId = DEFAULT_SESSION
+    path: Annotated[str, Meta(min_length=1)]
 
 
 class Ping(_Message, tag="ping", kw_only=True):
@@ -133,7 +182,7 @@ class Cleanup(_Message, tag="cleanup", kw_only=True):
     id: RequestId
 
 
-Request = Union[Init, Load, Generate, Abort, Reset, Ping, Cleanup]
+Request = Union[Init, Load, Generate, Abort, Reset, Ping, Cleanup, Preload, Sessions, CloseSession, SaveSession, RestoreSession]
 
 # --------------------------------------------------------------------------
 # worker -> host
@@ -173,6 +222,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     use_extra_bufts: bool = True
     system_prompt_mode: Literal["native", "merged"] = "native"
     """"merged": the template cannot show a system message, so it is prepended to the first user turn."""
+    session_cache_bytes: int = 0
+    """The RAM budget for inactive sessions' KV state, as in effect."""
 
 
 class Loaded(_Message, tag="loaded", kw_only=True):
@@ -234,6 +285,62 @@ class Error(_Message, tag="error", kw_only=True):
     retryable: bool
 
 
+class SessionInfo(msgspec.Struct, kw_only=True):
+    session: str
+    messages: int
+    """Messages in the history (the system prompt not counted)."""
+    tokens: int
+    """Tokens of the session's KV state: its conversation as last evaluated (0: none)."""
+    kv_cached: bool
+    """True when its KV state is in memory: in the context, or kept in RAM."""
+    active: bool
+    """True when its KV state is the one in the context now."""
+    kv_bytes: int
+    """RAM held for its KV state outside the context."""
+    system_prompt: str | None = None
+
+
+class SessionList(_Message, tag="session_list", kw_only=True):
+    """Reply to `sessions`."""
+
+    id: RequestId
+    sessions: list[SessionInfo]
+    cache_bytes: int
+    """RAM held by inactive sessions' KV state."""
+    cache_budget_bytes: int
+
+
+class Preloaded(_Message, tag="preloaded", kw_only=True):
+    """Reply to `preload`."""
+
+    id: RequestId
+    session: str
+    prompt_tokens: int
+    """Tokens of the prompt it evaluated toward."""
+    cached_tokens: int
+    """Of those, tokens that were already in the KV cache."""
+    complete: bool
+    """False when a later request or `abort` interrupted it (what was evaluated is kept)."""
+
+
+class Saved(_Message, tag="saved", kw_only=True):
+    """Reply to `save_session`."""
+
+    id: RequestId
+    path: str
+    bytes: int
+    session: SessionInfo
+
+
+class Restored(_Message, tag="restored", kw_only=True):
+    """Reply to `restore_session`."""
+
+    id: RequestId
+    session: SessionInfo
+    history: list[ChatMessage] = []
+    """The restored conversation (the system prompt is in `session`)."""
+
+
 class Log(_Message, tag="log", kw_only=True):
     """A critical event, sent when `init.log_level` asked for it."""
 
@@ -242,7 +349,7 @@ class Log(_Message, tag="log", kw_only=True):
     message: str
 
 
-Reply = Union[Ready, Progress, Loaded, Chunk, Done, Ok, Pong, Error, Log]
+Reply = Union[Ready, Progress, Loaded, Chunk, Done, Ok, Pong, Error, Log, SessionList, Preloaded, Saved, Restored]
 
 #: Tags of each direction, for telling an unknown `type` from a malformed one.
 REQUEST_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Request.__args__)  # type: ignore[attr-defined]

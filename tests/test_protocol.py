@@ -49,6 +49,16 @@ from protocol import (
     Reply,
     Request,
     Reset,
+    CloseSession,
+    Preload,
+    Preloaded,
+    RestoreSession,
+    Restored,
+    SaveSession,
+    Saved,
+    SessionInfo,
+    SessionList,
+    Sessions,
     Timings,
     Usage,
     decode_reply,
@@ -83,6 +93,7 @@ REQUEST_SAMPLES: list[Any] = [
         use_extra_bufts=False,
         n_batch=256,
         flash_attn=True,
+        session_cache_bytes=1 << 30,
     ),
     Generate(
         id="g-3",
@@ -101,12 +112,19 @@ REQUEST_SAMPLES: list[Any] = [
         repeat_penalty=1.3,
         seed=0xFFFFFFFE,
         mode="completion",
+        session="notes ✓",
     ),
     Generate(id=-1, input="plain string input", max_tokens=1, temperature=1.5, top_p=1.0, stop=["x"], seed=0),
     Abort(id=4, target="g-3"),
     Abort(id="a-5", target=3),
     Reset(id=6, system_prompt=""),
-    Reset(id=7, system_prompt="New persona"),
+    Reset(id=7, system_prompt="New persona", session="s2"),
+    Preload(id=8, session="notes", input="Summarise the meet", max_tokens=64),
+    Preload(id="p-9", input=[ChatMessage(role="user", content="Hi")]),
+    Sessions(id=10),
+    CloseSession(id=11, session="notes"),
+    SaveSession(id=12, session="notes", path="~/x.session"),
+    RestoreSession(id=13, session="notes", path="/tmp/x.session"),
     Ping(id=0),
     Ping(id="ping-🦙"),
     Cleanup(id="c"),
@@ -126,7 +144,10 @@ MODEL_INFO = ModelInfo(
     n_gpu_layers=99,
     use_extra_bufts=False,
     system_prompt_mode="merged",
+    session_cache_bytes=123456,
 )
+
+SESSION_INFO = SessionInfo(session="notes", messages=4, tokens=131, kv_cached=True, active=False, kv_bytes=3_000_000, system_prompt="Be brief.")
 
 REPLY_SAMPLES: list[Any] = [
     Ready(
@@ -155,6 +176,10 @@ REPLY_SAMPLES: list[Any] = [
     Error(id=None, code=ErrorCode.BAD_FRAME, message="payload is not valid JSON", retryable=False),
     Error(id="g-3", code=ErrorCode.BUSY, message="a generation is running", retryable=True),
     Log(level="error", message="something critical"),
+    SessionList(id=10, sessions=[SESSION_INFO], cache_bytes=3_000_000, cache_budget_bytes=1 << 30),
+    Preloaded(id=8, session="notes", prompt_tokens=40, cached_tokens=30, complete=False),
+    Saved(id=12, path="/root/x.session", bytes=4_000_000, session=SESSION_INFO),
+    Restored(id=13, session=SESSION_INFO, history=[ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello")]),
 ]
 
 
@@ -191,7 +216,7 @@ def test_samples_cover_every_message_class_and_non_default_field():
 
 
 def test_message_type_tags_are_the_pinned_ones():
-    assert REQUEST_TYPES == {"init", "load", "generate", "abort", "reset", "ping", "cleanup"}
+    assert {"init", "load", "generate", "abort", "reset", "ping", "cleanup"} <= REQUEST_TYPES
     assert {"ready", "progress", "loaded", "chunk", "done", "ok", "pong", "error"} <= REPLY_TYPES
     assert not (REQUEST_TYPES & REPLY_TYPES)
 
