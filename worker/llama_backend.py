@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -231,6 +233,25 @@ class Model:
 
     def meta(self, key: str) -> str | None:
         return _read_str(lambda buf, n: C.llama_model_meta_val_str(self.ptr, key.encode(), buf, n))
+
+    def fingerprint(self, metadata: dict[str, str], size_bytes: int) -> dict[str, object]:
+        """What identifies this model to a saved KV state: shape, vocabulary and a digest of its metadata.
+
+        Hashing the weights would take seconds for a large model; the
+        metadata (architecture, sizes, tokenizer, template) tells models
+        apart for this purpose, and the file size catches re-quantisations.
+        """
+        digest = hashlib.sha256(json.dumps(sorted(metadata.items())).encode("utf-8", "replace")).hexdigest()
+        return {
+            "name": metadata.get("general.name", ""),
+            "architecture": metadata.get("general.architecture", ""),
+            "size_bytes": size_bytes,
+            "n_params": self.n_params,
+            "n_vocab": self.n_vocab,
+            "n_layer": int(C.llama_model_n_layer(self.ptr)),
+            "n_embd": int(C.llama_model_n_embd(self.ptr)),
+            "metadata_sha256": digest,
+        }
 
     def chat_template(self) -> str | None:
         raw = C.llama_model_chat_template(self.ptr, None)
@@ -471,6 +492,46 @@ class Context:
         if not C.llama_memory_seq_rm(self._memory, 0, len(self.tokens), -1):
             C.llama_memory_clear(self._memory, True)
             self.tokens = []
+
+    # -- saved KV state (chat sessions) -----------------------------------
+
+    def save_state(self) -> bytes:
+        """The KV state of the cached tokens (sequence 0), as llama.cpp serialises it."""
+        if not self.tokens:
+            return b""
+        size = int(C.llama_state_seq_get_size(self.ptr, 0))
+        buf = bytearray(size)
+        written = int(C.llama_state_seq_get_data(self.ptr, (ctypes.c_uint8 * size).from_buffer(buf), size, 0))
+        if written == 0:
+            raise LlamaError("llama.cpp could not copy the KV state")
+        return bytes(memoryview(buf)[:written]) if written != size else bytes(buf)
+
+    def load_state(self, data: bytes, tokens: Sequence[int]) -> None:
+        """Make the cache hold `tokens` from a `save_state` blob.
+
+        On failure the cache is left empty (never half-restored) and
+        `LlamaError` is raised.
+        """
+        if len(tokens) > self.n_ctx:
+            raise LlamaError(f"{len(tokens)} saved tokens do not fit a context of {self.n_ctx}")
+        self.clear()
+        if not data or not tokens:
+            return
+        arr = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        read = int(C.llama_state_seq_set_data(self.ptr, arr, len(data), 0))
+        if read == 0:
+            C.llama_memory_clear(self._memory, True)
+            raise LlamaError("llama.cpp refused the saved KV state (another model or context layout)")
+        n_pos = int(C.llama_memory_seq_pos_max(self._memory, 0)) + 1
+        if n_pos != len(tokens):
+            C.llama_memory_clear(self._memory, True)
+            raise LlamaError(f"the saved KV state holds {n_pos} positions, not the {len(tokens)} tokens it claims")
+        self.tokens = list(tokens)
+
+    @property
+    def layout(self) -> dict[str, object]:
+        """What a saved KV state depends on besides the model."""
+        return {"flash_attn": self.params.flash_attn, "n_seq_max": 1, "type_k": "f16", "type_v": "f16"}
 
     def decode_one(self, token: int) -> None:
         """Append one token to the cache (the hot path of generation)."""

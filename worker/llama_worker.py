@@ -12,6 +12,7 @@ Errors are raised as `WorkerError` with a protocol code.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -36,6 +37,7 @@ from .llama_backend import (
     LIBRARY_VERSION,
     Context,
     ContextParams,
+    DecodeAborted,
     LlamaError,
     Model,
     ModelParams,
@@ -45,7 +47,10 @@ from .llama_backend import (
     usable_cores,
 )
 from .model_locator import resolve_model_path
-from .session import ChatSession, Message, fit_to_context
+from . import session_file
+from .session import ChatSession, Message, Turn, fit_to_context
+from .session_file import SessionFileError
+from .sessions import KvSnapshot, SessionStore, default_cache_budget
 
 DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 512
@@ -64,9 +69,14 @@ CAPABILITIES = [
     "chat_format_detection",
     "log_frames",
     "amx_guard",
+    "sessions",
+    "preload",
+    "session_files",
 ]
 
 Abort = Callable[[], bool]
+
+log = logging.getLogger("worker")
 
 
 def _never() -> bool:
@@ -82,12 +92,13 @@ class _Loaded:
     stop_tokens: frozenset[int]
     stop_strings: tuple[str, ...]
     seeds: random.Random
+    sessions: SessionStore
+    fingerprint: dict[str, object]
 
 
 class LlamaWorker:
     def __init__(self) -> None:
         self._loaded: _Loaded | None = None
-        self._session: ChatSession | None = None
         self._initialized = False
 
     # -- lifecycle -------------------------------------------------------
@@ -159,6 +170,7 @@ class LlamaWorker:
             else:
                 n_ctx = options.n_ctx
             n_threads = options.n_threads or usable_cores()
+            cache_budget = options.session_cache_bytes if options.session_cache_bytes is not None else default_cache_budget()
             flash_attn = options.flash_attn if options.flash_attn is not None else (None if n_gpu_layers else False)
             try:
                 context = Context(
@@ -192,33 +204,35 @@ class LlamaWorker:
                 n_gpu_layers=n_gpu_layers,
                 use_extra_bufts=use_extra_bufts,
                 system_prompt_mode="merged" if formatter.merge_system else "native",
+                session_cache_bytes=cache_budget,
             )
+            fingerprint = model.fingerprint(meta, info.size_bytes)
         except BaseException:
             if context is not None:
                 context.close()
             model.close()
             raise
         seeds: random.Random = random.Random(options.seed) if options.seed is not None else random.SystemRandom()
+        sessions = SessionStore(options.system_prompt or None, cache_budget)
         self._free()
-        self._loaded = _Loaded(model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds)
-        self._session = ChatSession(system_prompt=options.system_prompt or None)
+        self._loaded = _Loaded(model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds, sessions, fingerprint)
         progress(1.0)
         return info
 
-    def ensure_chat_session(self) -> ChatSession:
+    def _require_loaded(self) -> _Loaded:
         if self._loaded is None:
             raise WorkerError(ErrorCode.NO_MODEL, "no model is loaded: send `load` first")
-        if self._session is None:
-            self._session = ChatSession()
-        return self._session
+        return self._loaded
 
-    def reset(self, system_prompt: str | None = None) -> None:
-        self.ensure_chat_session().reset(system_prompt)
+    def ensure_chat_session(self, name: str = protocol.DEFAULT_SESSION) -> ChatSession:
+        return self._require_loaded().sessions.get(name)
+
+    def reset(self, system_prompt: str | None = None, session: str = protocol.DEFAULT_SESSION) -> None:
+        self.ensure_chat_session(session).reset(system_prompt)
 
     def cleanup(self) -> None:
-        """Free the session, context and model; the worker can load again."""
+        """Free the sessions, context and model; the worker can load again."""
         self._free()
-        self._session = None
 
     def _free(self) -> None:
         if self._loaded is not None:
@@ -237,10 +251,9 @@ class LlamaWorker:
     ) -> protocol.Done:
         """Run one generation; the reply (partial on abort) joins the history."""
         started_at = time.perf_counter() if started_at is None else started_at
-        session = self.ensure_chat_session()
-        loaded = self._loaded
-        assert loaded is not None
+        loaded = self._require_loaded()
         turn = None
+        session_name = request.session if request.mode == "chat" else None
         if request.mode == "completion":
             if not isinstance(request.input, str):
                 raise WorkerError.invalid("input: completion mode takes a string")
@@ -252,9 +265,9 @@ class LlamaWorker:
                     f"the prompt needs {len(prompt)} tokens but the context holds {loaded.context.n_ctx}"
                 )
         else:
-            user_input = request.input if isinstance(request.input, str) else [{"role": m.role, "content": m.content} for m in request.input]
-            turn = session.next_turn(user_input)
-            prompt = fit_to_context(turn, self._prompt_tokens, loaded.context.n_ctx, request.max_tokens)
+            session = loaded.sessions.get(request.session)
+            turn, prompt = self._turn_prompt(session, request.input, request.max_tokens)
+        self._activate(session_name)
         seed = request.seed if request.seed is not None else loaded.seeds.randrange(0, 0xFFFFFFFF)
         greedy = request.temperature <= 0.0
         sampling = SamplingParams(
@@ -283,8 +296,11 @@ class LlamaWorker:
             raise WorkerError(ErrorCode.GENERATION_FAILED, f"generation failed: {exc}") from None
         # An abort before any text means the turn did not happen: the session
         # stays as it was, so the host can simply send the input again.
-        if turn is not None and not (outcome.stop_reason == "aborted" and not outcome.text):
-            session.commit(turn, outcome.text)
+        if turn is not None:
+            if not (outcome.stop_reason == "aborted" and not outcome.text):
+                with loaded.sessions.lock:
+                    session.commit(turn, outcome.text)
+            loaded.sessions.set_tokens(request.session, len(loaded.context.tokens))
         return protocol.Done(
             id=request.id,
             text=outcome.text,
@@ -304,11 +320,168 @@ class LlamaWorker:
             seed=None if greedy else seed,
         )
 
-    def _prompt_tokens(self, messages: list[Message]) -> list[int]:
-        loaded = self._loaded
-        assert loaded is not None
+    def _turn_prompt(self, session: ChatSession, user_input: str | list[protocol.ChatMessage], max_tokens: int) -> tuple[Turn, list[int]]:
+        """The turn a generate (or preload) of `user_input` renders, and its prompt tokens."""
+        loaded = self._require_loaded()
+        wire = user_input if isinstance(user_input, str) else [{"role": m.role, "content": m.content} for m in user_input]
+        turn = session.next_turn(wire)
+        return turn, fit_to_context(turn, self._render_tokens, loaded.context.n_ctx, max_tokens)
+
+    # -- sessions ----------------------------------------------------------
+
+    def _activate(self, name: str | None) -> None:
+        """Give the context to session `name` (None: a completion, nobody's).
+
+        The outgoing session's KV state is kept in RAM (unless an identical
+        copy is already there); the incoming one's is copied in when cached.
+        Without a cached copy the context keeps what it holds: prefix
+        matching still reuses whatever the two conversations share.
+        """
+        loaded = self._require_loaded()
+        store, ctx = loaded.sessions, loaded.context
+        if store.owner == name:
+            return
+        self._stash_owner()
+        snap = store.snapshot(name) if name is not None else None
+        if snap is not None:
+            try:
+                ctx.load_state(snap.data, snap.tokens)
+            except LlamaError as exc:  # the cache is empty now: evaluation takes over
+                log.warning("could not restore session %r from RAM: %s", name, exc)
+                store.take_snapshot(name)  # type: ignore[arg-type]
+        store.owner = name
+
+    def _stash_owner(self) -> None:
+        loaded = self._require_loaded()
+        store, ctx = loaded.sessions, loaded.context
+        owner = store.owner
+        if owner is None or not ctx.tokens or store.cache_budget <= 0:
+            return
+        snap = store.snapshot(owner)
+        if snap is not None and len(snap.tokens) == len(ctx.tokens) and snap.tokens == tuple(ctx.tokens):
+            return
+        store.keep_snapshot(owner, KvSnapshot(tuple(ctx.tokens), ctx.save_state()))
+
+    def idle(self) -> None:
+        """Between requests: copy the active session's KV state to RAM when several sessions exist.
+
+        That way switching to another session does not have to copy it out
+        while the user waits.
+        """
+        if self._loaded is not None and len(self._loaded.sessions.names()) > 1:
+            self._stash_owner()
+
+    def preload(self, request: protocol.Preload, should_abort: Abort = _never) -> protocol.Preloaded:
+        """Evaluate a session's prompt for `input` without generating or changing the session."""
+        loaded = self._require_loaded()
+        session = loaded.sessions.get(request.session)
+        _turn, prompt = self._turn_prompt(session, request.input, request.max_tokens)
+        self._activate(request.session)
+        complete = True
+        before = loaded.context.reusable_prefix(prompt)
         try:
-            text = loaded.formatter.render(messages)
+            loaded.context.evaluate(prompt, should_abort)
+        except DecodeAborted:
+            complete = False
+        except LlamaError as exc:
+            raise WorkerError(ErrorCode.GENERATION_FAILED, f"preload failed: {exc}") from None
+        loaded.sessions.set_tokens(request.session, len(loaded.context.tokens))
+        return protocol.Preloaded(
+            id=request.id, session=request.session, prompt_tokens=len(prompt), cached_tokens=before, complete=complete
+        )
+
+    def session_info(self, name: str) -> protocol.SessionInfo:
+        loaded = self._require_loaded()
+        return loaded.sessions.info(name, len(loaded.context.tokens))
+
+    def list_sessions(self, request_id: protocol.RequestId) -> protocol.SessionList:
+        """Safe from any thread: the store is locked, the token count read atomically."""
+        loaded = self._require_loaded()
+        listing, used = loaded.sessions.listing(len(loaded.context.tokens))
+        return protocol.SessionList(id=request_id, sessions=listing, cache_bytes=used, cache_budget_bytes=loaded.sessions.cache_budget)
+
+    def close_session(self, name: str) -> None:
+        self._require_loaded().sessions.close(name)
+
+    def save_session(self, request: protocol.SaveSession, should_abort: Abort = _never) -> protocol.Saved:
+        """Evaluate the session's conversation if its KV state is not at hand, then write both."""
+        loaded = self._require_loaded()
+        session = loaded.sessions.get(request.session)
+        path = Path(request.path).expanduser()
+        if path.is_dir():
+            raise WorkerError.invalid(f"path: {path} is a folder")
+        if not path.parent.is_dir():
+            raise WorkerError.invalid(f"path: the folder {path.parent} does not exist")
+        with loaded.sessions.lock:
+            turn = Turn(session.system_prompt, [dict(m) for m in session.history])
+        messages = turn.messages()
+        tokens = self._render_tokens(messages, add_generation_prompt=False) if messages else []
+        if len(tokens) >= loaded.context.n_ctx:
+            raise WorkerError.context_overflow(f"the conversation needs {len(tokens)} tokens but the context holds {loaded.context.n_ctx}")
+        self._activate(request.session)
+        kv = b""
+        if tokens:
+            try:
+                loaded.context.evaluate(tokens, should_abort)
+            except DecodeAborted:
+                raise WorkerError(ErrorCode.ABORTED, "the save was aborted") from None
+            except LlamaError as exc:
+                raise WorkerError(ErrorCode.GENERATION_FAILED, f"evaluating the conversation failed: {exc}") from None
+            kv = loaded.context.save_state()
+        loaded.sessions.set_tokens(request.session, len(tokens))
+        header = session_file.Header(
+            model=loaded.fingerprint,
+            layout=loaded.context.layout,
+            n_ctx=loaded.context.n_ctx,
+            system_prompt=turn.system_prompt,
+            history=[session_file.SavedMessage(m["role"], m["content"]) for m in turn.history],
+            tokens=list(tokens),
+            kv_bytes=len(kv),
+            kv_sha256=session_file.digest(kv),
+        )
+        try:
+            size = session_file.write(path, header, kv)
+        except OSError as exc:
+            raise WorkerError.invalid(f"path: cannot write {path}: {exc.strerror}") from None
+        return protocol.Saved(id=request.id, path=str(path), bytes=size, session=self.session_info(request.session))
+
+    def restore_session(self, request: protocol.RestoreSession) -> protocol.Restored:
+        """Replace a session with a saved one; on any failure the session stays as it was."""
+        loaded = self._require_loaded()
+        path = Path(request.path).expanduser()
+        try:
+            header, kv = session_file.read(path)
+            session_file.check_compatible(header, path, loaded.fingerprint, loaded.context.layout, loaded.context.n_ctx)
+        except SessionFileError as exc:
+            code = ErrorCode.SESSION_MISMATCH if exc.mismatch else ErrorCode.BAD_SESSION_FILE
+            raise WorkerError(code, exc.message) from None
+        for i, m in enumerate(header.history):
+            if m.role not in ("user", "assistant"):
+                raise WorkerError(ErrorCode.BAD_SESSION_FILE, f"{path} is damaged: history[{i}] has role {m.role!r}")
+        store = loaded.sessions
+        self._stash_owner()
+        store.owner = None
+        try:
+            loaded.context.load_state(kv, header.tokens)
+        except LlamaError as exc:
+            raise WorkerError(ErrorCode.SESSION_MISMATCH, f"{path}: {exc}") from None
+        store.take_snapshot(request.session)
+        store.replace(
+            request.session,
+            ChatSession(system_prompt=header.system_prompt, history=[{"role": m.role, "content": m.content} for m in header.history]),
+            len(header.tokens),
+        )
+        store.owner = request.session
+        return protocol.Restored(
+            id=request.id,
+            session=self.session_info(request.session),
+            history=[protocol.ChatMessage(role=m.role, content=m.content) for m in header.history],  # type: ignore[arg-type]
+        )
+
+    def _render_tokens(self, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
+        loaded = self._require_loaded()
+        try:
+            text = loaded.formatter.render(messages, add_generation_prompt)
         except ChatFormatError as exc:
             raise WorkerError.invalid(f"the chat template refused these messages: {exc}") from None
         model = loaded.model
@@ -321,7 +494,8 @@ class LlamaWorker:
 
     @property
     def session(self) -> ChatSession | None:
-        return self._session
+        """The default session (None before a load)."""
+        return self._loaded.sessions.get(protocol.DEFAULT_SESSION) if self._loaded else None
 
 
 def _check_gguf_file(path: Path) -> None:

@@ -29,6 +29,11 @@ import protocol
 from protocol import (
     Abort,
     Cleanup,
+    CloseSession,
+    Preload,
+    RestoreSession,
+    SaveSession,
+    Sessions,
     ErrorCode,
     Generate,
     Init,
@@ -142,6 +147,8 @@ class WorkerServer:
                 break
             if isinstance(item, _Job):
                 self._run_job(item)
+                if self._jobs.empty():
+                    self._idle()
         self._worker.cleanup()
         self._writer.close()
         if self._watchdog is not None:
@@ -214,6 +221,12 @@ class WorkerServer:
         if not self._initialized:
             self._send_error(msg.id, ErrorCode.NOT_INITIALIZED, "send `init` before any other request")
             return
+        if isinstance(msg, Sessions):
+            try:
+                self._writer.send(self._worker.list_sessions(msg.id))
+            except WorkerError as exc:
+                self._send_error(msg.id, exc.code, exc.message)
+            return
         if isinstance(msg, Abort):
             with self._lock:
                 job = self._active
@@ -227,6 +240,12 @@ class WorkerServer:
                 if self._active is not None:
                     self._active.cancel.set()
                 self._cleanups_pending += 1
+                self._jobs.put(job)
+                return
+            if self._active is not None and isinstance(self._active.request, Preload) and not self._cleanups_pending:
+                # A preload is speculative: whatever comes next interrupts it and runs after it.
+                self._active.cancel.set()
+                self._active = job
                 self._jobs.put(job)
                 return
             if self._active is not None or self._cleanups_pending:
@@ -270,8 +289,17 @@ class WorkerServer:
             elif isinstance(req, Load):
                 reply = self._load(req, job)
             elif isinstance(req, Reset):
-                self._worker.reset(req.system_prompt)
+                self._worker.reset(req.system_prompt, req.session)
                 reply = Ok(id=req.id)
+            elif isinstance(req, Preload):
+                reply = self._worker.preload(req, should_abort=job.cancel.is_set)
+            elif isinstance(req, CloseSession):
+                self._worker.close_session(req.session)
+                reply = Ok(id=req.id)
+            elif isinstance(req, SaveSession):
+                reply = self._worker.save_session(req, should_abort=job.cancel.is_set)
+            elif isinstance(req, RestoreSession):
+                reply = self._worker.restore_session(req)
             elif isinstance(req, Cleanup):
                 self._worker.cleanup()
                 reply = Ok(id=req.id)
@@ -290,6 +318,13 @@ class WorkerServer:
             elif self._active is job:
                 self._active = None
         self._writer.send(reply)
+
+    def _idle(self) -> None:
+        """Work worth doing while no request waits (it must stay short: a request may arrive)."""
+        try:
+            self._worker.idle()
+        except Exception:  # noqa: BLE001 - an optimisation must never take the worker down
+            log.exception("idle work failed")
 
     def _load(self, req: Load, job: _Job) -> Loaded:
         last_sent = -1.0
