@@ -18,7 +18,7 @@
 
 from protocol import Done, ModelInfo
 
-from .client import AsyncClient, Generation, Result, default_worker_command
+from .client import AsyncClient, Generation, Result, Session, default_worker_command
 from .exceptions import (
     Aborted,
     BadRequest,
@@ -33,10 +33,11 @@ from .exceptions import (
     NoModel,
     NotInitialized,
     ProtocolMismatch,
+    SessionFileError,
     WorkerCrashed,
     WorkerTimeout,
 )
-from .sync import Client, SyncGeneration
+from .sync import Client, SyncGeneration, SyncSession
 
 __all__ = [
     "Aborted",
@@ -58,7 +59,10 @@ __all__ = [
     "NotInitialized",
     "ProtocolMismatch",
     "Result",
+    "Session",
+    "SessionFileError",
     "SyncGeneration",
+    "SyncSession",
     "WorkerCrashed",
     "WorkerTimeout",
     "default_worker_command",

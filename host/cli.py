@@ -17,7 +17,7 @@ import msgspec
 from .exceptions import LlamaWorkerError
 from .sync import Client
 
-HELP = "commands: /reset  /system TEXT  /help  /quit   (Ctrl-C stops a reply)"
+HELP = "commands: /reset  /system TEXT  /session [NAME]  /sessions  /help  /quit   (Ctrl-C stops a reply)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +91,18 @@ def reply(client: Client, text: str, options: dict[str, Any], out: TextIO, show_
         sys.stderr.flush()
 
 
+def describe_sessions(client: Client, current: str) -> str:
+    lines = []
+    for info in client.sessions().sessions:
+        mark = "*" if info.session == current else " "
+        cached = "KV in context" if info.active else "KV in RAM" if info.kv_cached else "KV not cached"
+        lines.append(f"{mark} {info.session}: {info.messages} messages, {info.tokens} tokens, {cached}")
+    return "\n".join(lines)
+
+
 def interactive(client: Client, args: argparse.Namespace) -> None:
     options = _options(args)
+    session = "default"
     print(f"model: {client.model.name} ({client.model.chat_format}, n_ctx {client.model.n_ctx}). {HELP}", file=sys.stderr)
     while True:
         try:
@@ -108,13 +118,26 @@ def interactive(client: Client, args: argparse.Namespace) -> None:
         if text == "/help":
             print(HELP, file=sys.stderr)
             continue
+        if text == "/sessions":
+            print(describe_sessions(client, session), file=sys.stderr)
+            continue
+        if text == "/session" or text.startswith("/session "):
+            name = text[len("/session") :].strip()
+            if not name:
+                print(f"(session: {session})", file=sys.stderr)
+                continue
+            session = name
+            options["session"] = session
+            info = client.session(session).info()
+            print(f"(session: {session}, {info.messages} messages)", file=sys.stderr)
+            continue
         if text == "/reset":
-            client.reset()
+            client.reset(session=session)
             print("(conversation cleared)", file=sys.stderr)
             continue
         if text.startswith("/system"):
             prompt = text[len("/system") :].strip()
-            client.reset(system_prompt=prompt)
+            client.reset(system_prompt=prompt, session=session)
             print(f"(system prompt {'set' if prompt else 'removed'}; conversation cleared)", file=sys.stderr)
             continue
         try:

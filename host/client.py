@@ -32,7 +32,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import protocol
-from protocol import ChatMessage, Chunk, Done, Error, Loaded, ModelInfo, Progress, Ready
+from protocol import DEFAULT_SESSION, ChatMessage, Chunk, Done, Error, Loaded, ModelInfo, Preloaded, Progress, Ready, Restored, Saved, SessionInfo, SessionList
 
 from .exceptions import Aborted, LlamaWorkerError, WorkerCrashed, WorkerTimeout, error_from_frame
 
@@ -53,6 +53,16 @@ def default_worker_command() -> list[str]:
 # ---------------------------------------------------------------------------
 # one worker process
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Mirror:
+    """A session's conversation as this client knows it: what a restart restores."""
+
+    system_prompt: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+    #: True after a restart, until the conversation has been sent to the new worker.
+    restore: bool = False
 
 
 @dataclass
@@ -237,9 +247,8 @@ class AsyncClient:
         self._start_lock = anyio.Lock()
         # What we need to rebuild the worker's state after a crash.
         self._load_options: dict[str, Any] | None = None
-        self._system_prompt: str | None = None
-        self._history: list[dict[str, str]] = []
-        self._restore_history = False
+        self._mirrors: dict[str, _Mirror] = {}
+        self._sessions: dict[str, Session] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -282,8 +291,22 @@ class AsyncClient:
 
     @property
     def history(self) -> list[dict[str, str]]:
-        """The conversation as this client knows it (used to restore it after a crash)."""
-        return [dict(m) for m in self._history]
+        """The default session's conversation as this client knows it (restored after a crash)."""
+        return [dict(m) for m in self._mirror(DEFAULT_SESSION).history]
+
+    def _mirror(self, session: str) -> _Mirror:
+        mirror = self._mirrors.get(session)
+        if mirror is None:
+            default_prompt = (self._load_options or {}).get("system_prompt") or None
+            mirror = self._mirrors[session] = _Mirror(system_prompt=default_prompt)
+        return mirror
+
+    def session(self, name: str = DEFAULT_SESSION) -> Session:
+        """A chat session of this worker: its own history and system prompt, sharing the model."""
+        handle = self._sessions.get(name)
+        if handle is None:
+            handle = self._sessions[name] = Session(self, name)
+        return handle
 
     async def _spawn(self) -> Ready:
         assert self._tg is not None, "use the client as an async context manager"
@@ -316,12 +339,13 @@ class AsyncClient:
             old = self._wp
             if old is not None and old.process.returncode is None:
                 await self._kill(old)
-            history, system = list(self._history), self._system_prompt
+            mirrors = self._mirrors
             ready = await self._spawn()
             if self._load_options is not None:
                 await self.load(**self._load_options)
-                self._history, self._system_prompt = history, system
-                self._restore_history = True
+                for mirror in mirrors.values():
+                    mirror.restore = bool(mirror.history) or mirror.system_prompt != (self._load_options.get("system_prompt") or None)
+                self._mirrors = mirrors
             return ready
 
     async def close(self) -> None:
@@ -502,9 +526,7 @@ class AsyncClient:
             assert isinstance(reply, Loaded)
             self.model = reply.model
             self._load_options = {"model_path": path, **options}
-            self._system_prompt = options.get("system_prompt") or None
-            self._history = []
-            self._restore_history = False
+            self._mirrors = {}  # a load starts every session afresh
             return reply.model
 
     async def generate(self, input: ChatInput, **options: Any) -> Generation:
@@ -517,7 +539,7 @@ class AsyncClient:
         # Get the worker first: an automatic restart changes what must be sent
         # (the whole conversation, to restore it on the new worker).
         wp = await self._process()
-        wire_input = self._wire_input(input, options.get("mode", "chat"))
+        wire_input = self._wire_input(input, options.get("mode", "chat"), options.get("session", DEFAULT_SESSION))
         request = protocol.Generate(id=self._next_id(), input=wire_input, **options)
         waiter = await self._open(request, wp)
         return Generation(self, request, waiter)
@@ -541,29 +563,64 @@ class AsyncClient:
         except WorkerCrashed:
             pass
 
-    async def reset(self, system_prompt: str | None = None) -> None:
-        """Clear the conversation; None keeps the system prompt, "" removes it."""
-        await self._call(protocol.Reset(id=self._next_id(), system_prompt=system_prompt))
-        self._history = []
-        self._restore_history = False
+    async def reset(self, system_prompt: str | None = None, *, session: str = DEFAULT_SESSION) -> None:
+        """Clear a session's conversation; None keeps the system prompt, "" removes it."""
+        await self._call(protocol.Reset(id=self._next_id(), system_prompt=system_prompt, session=session))
+        mirror = self._mirror(session)
+        mirror.history = []
+        mirror.restore = False
         if system_prompt is not None:
-            self._system_prompt = system_prompt or None
+            mirror.system_prompt = system_prompt or None
 
     async def cleanup(self) -> None:
-        """Free the model, context and session (the worker stays up)."""
+        """Free the model, context and sessions (the worker stays up)."""
         await self._call(protocol.Cleanup(id=self._next_id()))
         self.model = None
         self._load_options = None
-        self._history = []
+        self._mirrors = {}
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def sessions(self) -> SessionList:
+        """Every session of the worker, with its size and whether its KV state is cached."""
+        return await self._call(protocol.Sessions(id=self._next_id()))
+
+    async def preload(self, input: ChatInput, *, session: str = DEFAULT_SESSION, max_tokens: int = 512) -> Preloaded:
+        """Evaluate the prompt of a (possibly unfinished) input ahead of `generate`.
+
+        Call it while the user types: the coming `generate` with the same or a
+        longer input then evaluates only what is new. Any later request
+        interrupts it (the result then says `complete=False`).
+        """
+        wire = self._wire_input(input, "chat", session)
+        return await self._call(protocol.Preload(id=self._next_id(), session=session, input=wire, max_tokens=max_tokens))
+
+    async def close_session(self, session: str) -> None:
+        """Forget a session on the worker and its cached state ("default" is emptied)."""
+        await self._call(protocol.CloseSession(id=self._next_id(), session=session))
+        self._mirrors.pop(session, None)
+
+    async def save_session(self, path: str | os.PathLike[str], *, session: str = DEFAULT_SESSION) -> Saved:
+        """Write a session's history and KV state to `path` (a path on the worker's machine)."""
+        return await self._call(protocol.SaveSession(id=self._next_id(), session=session, path=os.fspath(path)))
+
+    async def restore_session(self, path: str | os.PathLike[str], *, session: str = DEFAULT_SESSION) -> SessionInfo:
+        """Replace a session with a saved one; raises `SessionFileError` (session unchanged) when it cannot."""
+        reply: Restored = await self._call(protocol.RestoreSession(id=self._next_id(), session=session, path=os.fspath(path)))
+        # The file's conversation is the session's now: mirror it so a restart can restore it.
+        history = [{"role": m.role, "content": m.content} for m in reply.history]
+        self._mirrors[session] = _Mirror(system_prompt=reply.session.system_prompt, history=history)
+        return reply.session
 
     # -- conversation mirror --------------------------------------------------------
 
-    def _wire_input(self, input: ChatInput, mode: str) -> str | list[ChatMessage]:
+    def _wire_input(self, input: ChatInput, mode: str, session: str = DEFAULT_SESSION) -> str | list[ChatMessage]:
         if isinstance(input, str):
-            if mode == "chat" and self._restore_history:
+            mirror = self._mirrors.get(session)
+            if mode == "chat" and mirror is not None and mirror.restore:
                 # The worker restarted: send the whole conversation once.
-                head = [ChatMessage(role="system", content=self._system_prompt)] if self._system_prompt else []
-                return [*head, *(ChatMessage(role=m["role"], content=m["content"]) for m in self._history), ChatMessage(role="user", content=input)]  # type: ignore[arg-type]
+                head = [ChatMessage(role="system", content=mirror.system_prompt or "")]
+                return [*head, *(ChatMessage(role=m["role"], content=m["content"]) for m in mirror.history), ChatMessage(role="user", content=input)]  # type: ignore[arg-type]
             return input
         return [m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"]) for m in input]  # type: ignore[arg-type]
 
@@ -572,16 +629,63 @@ class AsyncClient:
             return
         if done.stop_reason == "aborted" and not done.text:
             return  # the worker did not record the turn either
+        mirror = self._mirror(request.session)
         if isinstance(request.input, str):
-            history = [*self._history, {"role": "user", "content": request.input}]
+            history = [*mirror.history, {"role": "user", "content": request.input}]
         else:
             messages = [{"role": m.role, "content": m.content} for m in request.input]
             if messages and messages[0]["role"] == "system":
-                self._system_prompt = messages.pop(0)["content"] or None
+                mirror.system_prompt = messages.pop(0)["content"] or None
             history = messages
         history = history[done.truncated_messages :]
-        self._history = [*history, {"role": "assistant", "content": done.text}]
-        self._restore_history = False
+        mirror.history = [*history, {"role": "assistant", "content": done.text}]
+        mirror.restore = False
 
 
-__all__ = ["AsyncClient", "Generation", "Result", "default_worker_command", "Aborted"]
+class Session:
+    """One chat session of a worker: `client.session("notes")`.
+
+    The same calls as the client's, bound to this session's name. Sessions
+    share the model; each has its own history and system prompt, and the
+    worker keeps the KV state of recently used ones in RAM, so switching
+    between them does not evaluate their prompts again.
+    """
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        return [dict(m) for m in self.client._mirror(self.name).history]
+
+    async def generate(self, input: ChatInput, **options: Any) -> Generation:
+        return await self.client.generate(input, session=self.name, **options)
+
+    async def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
+        return await self.client.chat(input, on_chunk=on_chunk, session=self.name, **options)
+
+    async def reset(self, system_prompt: str | None = None) -> None:
+        await self.client.reset(system_prompt, session=self.name)
+
+    async def preload(self, input: ChatInput, *, max_tokens: int = 512) -> Preloaded:
+        return await self.client.preload(input, session=self.name, max_tokens=max_tokens)
+
+    async def save(self, path: str | os.PathLike[str]) -> Saved:
+        return await self.client.save_session(path, session=self.name)
+
+    async def restore(self, path: str | os.PathLike[str]) -> SessionInfo:
+        return await self.client.restore_session(path, session=self.name)
+
+    async def close(self) -> None:
+        await self.client.close_session(self.name)
+
+    async def info(self) -> SessionInfo:
+        listing = await self.client.sessions()
+        for info in listing.sessions:
+            if info.session == self.name:
+                return info
+        return SessionInfo(session=self.name, messages=0, tokens=0, kv_cached=False, active=False, kv_bytes=0)
+
+
+__all__ = ["AsyncClient", "Generation", "Result", "Session", "default_worker_command", "Aborted"]

@@ -81,6 +81,11 @@ class InternalError(LlamaWorkerError):
     pass
 
 
+class SessionFileError(LlamaWorkerError):
+    """A saved session cannot be restored: damaged or missing (`bad_session_file`),
+    or made with another model or KV layout (`session_mismatch`)."""
+
+
 class WorkerCrashed(LlamaWorkerError):
     """The worker process died (or closed its output) with requests pending."""
 
@@ -116,6 +121,8 @@ _BY_CODE: dict[str, type[LlamaWorkerError]] = {
     ErrorCode.ABORTED: Aborted,
     ErrorCode.GENERATION_FAILED: GenerationFailed,
     ErrorCode.INTERNAL: InternalError,
+    ErrorCode.SESSION_MISMATCH: SessionFileError,
+    ErrorCode.BAD_SESSION_FILE: SessionFileError,
 }
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from protocol import Done, ModelInfo
+from protocol import DEFAULT_SESSION, Done, ModelInfo, Preloaded, Saved, SessionInfo, SessionList
 
-from .client import AsyncClient, ChatInput, Generation
+from .client import AsyncClient, ChatInput, Generation, Session
 
 
 class SyncGeneration:
@@ -114,8 +114,26 @@ class Client:
     def abort(self, target: int | str | None = None) -> None:
         self._call(self._async.abort, target)
 
-    def reset(self, system_prompt: str | None = None) -> None:
-        self._call(self._async.reset, system_prompt)
+    def reset(self, system_prompt: str | None = None, *, session: str = DEFAULT_SESSION) -> None:
+        self._call(self._async.reset, system_prompt, session=session)
+
+    def session(self, name: str = DEFAULT_SESSION) -> SyncSession:
+        return SyncSession(self, self._async.session(name))
+
+    def sessions(self) -> SessionList:
+        return self._call(self._async.sessions)
+
+    def preload(self, input: ChatInput, *, session: str = DEFAULT_SESSION, max_tokens: int = 512) -> Preloaded:
+        return self._call(self._async.preload, input, session=session, max_tokens=max_tokens)
+
+    def close_session(self, session: str) -> None:
+        self._call(self._async.close_session, session)
+
+    def save_session(self, path: Any, *, session: str = DEFAULT_SESSION) -> Saved:
+        return self._call(self._async.save_session, path, session=session)
+
+    def restore_session(self, path: Any, *, session: str = DEFAULT_SESSION) -> SessionInfo:
+        return self._call(self._async.restore_session, path, session=session)
 
     def cleanup(self) -> None:
         self._call(self._async.cleanup)
@@ -137,3 +155,40 @@ class Client:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class SyncSession:
+    """The blocking face of `host.Session`: `client.session("notes").chat("Hi")`."""
+
+    def __init__(self, client: Client, session: Session) -> None:
+        self._client = client
+        self._session = session
+        self.name = session.name
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        return self._session.history
+
+    def generate(self, input: ChatInput, **options: Any) -> SyncGeneration:
+        return self._client.generate(input, session=self.name, **options)
+
+    def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
+        return self._client.chat(input, on_chunk=on_chunk, session=self.name, **options)
+
+    def reset(self, system_prompt: str | None = None) -> None:
+        self._client.reset(system_prompt, session=self.name)
+
+    def preload(self, input: ChatInput, *, max_tokens: int = 512) -> Preloaded:
+        return self._client.preload(input, session=self.name, max_tokens=max_tokens)
+
+    def save(self, path: Any) -> Saved:
+        return self._client.save_session(path, session=self.name)
+
+    def restore(self, path: Any) -> SessionInfo:
+        return self._client.restore_session(path, session=self.name)
+
+    def close(self) -> None:
+        self._client.close_session(self.name)
+
+    def info(self) -> SessionInfo:
+        return self._client._call(self._session.info)

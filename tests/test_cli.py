@@ -190,6 +190,30 @@ def test_interactive_session(terminal: Terminal) -> None:
     assert t.proc.wait(TIMEOUT) == 0
 
 
+def test_interactive_sessions(terminal: Terminal) -> None:
+    t = terminal
+    t.expect(r"commands: .*\r?\n> ")
+    t.line("Say hi in three words.")
+    _, first = reply_stats(t)
+
+    t.line("/session work")
+    t.expect(r"\(session: work, 0 messages\)\r?\n> ")
+    t.line("Say hi in three words.")
+    _, other = reply_stats(t)
+    assert other["prompt"] == first["prompt"]  # a fresh conversation, not a follow-up
+
+    t.line("/sessions")
+    t.expect(r"  default: 2 messages, \d+ tokens, KV in RAM\r?\n\* work: 2 messages, \d+ tokens, KV in context\r?\n> ")
+
+    t.line("/session default")
+    t.expect(r"\(session: default, 2 messages\)\r?\n> ")
+    t.line("And again?")
+    _, follow = reply_stats(t)
+    assert follow["prompt"] > first["prompt"] and follow["cached"] >= first["prompt"]
+    t.line("/quit")
+    assert t.proc.wait(TIMEOUT) == 0
+
+
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(platform.machine())
 
 
