@@ -48,13 +48,13 @@ function tsType(node) {
   }
 }
 
-/** Constraints worth a JSDoc line (ranges, minimum lengths). */
+/** Constraints worth a JSDoc line (ranges, lengths). */
 function constraints(node) {
   const parts = [];
   const walk = (n) => {
     if (n.anyOf) n.anyOf.forEach(walk);
     if (n.items) walk(n.items);
-    for (const key of ['minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum', 'minLength']) {
+    for (const key of ['minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum', 'minLength', 'maxLength']) {
       if (n[key] !== undefined) parts.push(`${key} ${n[key]}`);
     }
   };
@@ -65,8 +65,19 @@ function constraints(node) {
   return [...new Set(parts)];
 }
 
+/**
+ * A description as written in a Python docstring: the lines after the first
+ * keep the docstring's indentation in the schema; drop what they share.
+ */
+export function cleanDescription(text) {
+  const [first, ...rest] = text.split('\n');
+  const indents = rest.filter((line) => line.trim() !== '').map((line) => line.match(/^ */)[0].length);
+  const common = indents.length > 0 ? Math.min(...indents) : 0;
+  return [first, ...rest.map((line) => line.slice(common))].join('\n').trim();
+}
+
 function jsdoc(lines, indent) {
-  const text = lines.filter(Boolean);
+  const text = lines.filter(Boolean).map(cleanDescription);
   if (text.length === 0) return '';
   if (text.length === 1 && !text[0].includes('\n')) return `${indent}/** ${text[0]} */\n`;
   const body = text.flatMap((line) => line.split('\n')).map((line) => `${indent} * ${line}`.trimEnd());

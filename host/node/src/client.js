@@ -22,13 +22,15 @@ import {
   errorFromFrame,
 } from './errors.js';
 import { DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encodeFrame } from './framing.js';
-import { GENERATE_FIELDS, LOAD_FIELDS, RESET_FIELDS, toWireFields, toWireInput } from './options.js';
+import { GENERATE_FIELDS, LOAD_FIELDS, PRELOAD_FIELDS, RESET_FIELDS, toWireFields, toWireInput } from './options.js';
 
 export const PROTOCOL_VERSION = 1;
 export const PARENT_ENV_VAR = 'LLAMA_WORKER_PARENT_PID';
+/** The session of requests that name none. */
+export const DEFAULT_SESSION = 'default';
 
 /** Worker message types that end a request; `chunk` and `progress` are events. */
-const TERMINAL_TYPES = new Set(['ready', 'loaded', 'done', 'ok', 'pong', 'error']);
+const TERMINAL_TYPES = new Set(['ready', 'loaded', 'done', 'ok', 'pong', 'error', 'session_list', 'preloaded', 'saved', 'restored']);
 const EVENT_TYPES = new Set(['chunk', 'progress']);
 
 /** After stdout closes (or the process exits), how long to wait for the rest before failing calls. */
@@ -115,6 +117,8 @@ export class LlamaWorkerClient extends EventEmitter {
   #resolveGone;
   #gonePromise;
   #options;
+  /** @type {Map<string, Session>} */
+  #sessions = new Map();
 
   /**
    * Create a client; call start() (or use LlamaWorkerClient.start()) to spawn the worker.
@@ -627,6 +631,7 @@ export class LlamaWorkerClient extends EventEmitter {
    * ContextOverflowError, WorkerCrashedError...) are thrown by the iteration.
    * Breaking out of the loop, or aborting `signal`, aborts the generation on
    * the worker; it then ends with `stop_reason` "aborted" (not an error).
+   * `options.session` names the chat session of the turn (default "default").
    * @param {string | Array<{role: string, content: string}>} input
    * @param {import('./index.js').GenerateOptions} [options]
    * @param {{ signal?: AbortSignal }} [callOptions]
@@ -665,9 +670,10 @@ export class LlamaWorkerClient extends EventEmitter {
   }
 
   /**
-   * Clear the chat history. `systemPrompt`: undefined/null keeps the current
-   * one, "" removes it, a string replaces it. Accepts a string or {systemPrompt}.
-   * @param {string | null | { systemPrompt?: string | null, system_prompt?: string | null }} [options]
+   * Clear a session's chat history (`session`, default "default").
+   * `systemPrompt`: undefined/null keeps the current one, "" removes it, a
+   * string replaces it. Accepts a string or {systemPrompt, session}.
+   * @param {string | null | import('./index.js').ResetOptions} [options]
    */
   async reset(options = {}) {
     const fields = typeof options === 'string' || options === null ? { system_prompt: options } : toWireFields(options, RESET_FIELDS, 'reset');
@@ -675,7 +681,7 @@ export class LlamaWorkerClient extends EventEmitter {
   }
 
   /**
-   * Abort whatever runs and free the model, context and session (the worker
+   * Abort whatever runs and free the model, context and sessions (the worker
    * stays up and accepts `load`).
    * @param {{ timeout?: number }} [options]
    */
@@ -699,6 +705,198 @@ export class LlamaWorkerClient extends EventEmitter {
       await reply;
     }
     this.model = null;
+  }
+
+  // -- sessions -------------------------------------------------------------------
+
+  /**
+   * A chat session of this worker: the same calls as the client's, bound to
+   * the session `name`. Sessions share the model; each has its own history
+   * and system prompt. The worker creates a session on first use; this only
+   * makes a handle (one per name, the same object each time).
+   * @param {string} [name]
+   * @returns {Session}
+   */
+  session(name = DEFAULT_SESSION) {
+    if (typeof name !== 'string' || name.length === 0) throw new TypeError('a session name must be a non-empty string');
+    let handle = this.#sessions.get(name);
+    if (handle === undefined) {
+      handle = new Session(this, name);
+      this.#sessions.set(name, handle);
+    }
+    return handle;
+  }
+
+  /**
+   * Every session of the worker: the `session_list` message ({sessions,
+   * cache_bytes, cache_budget_bytes}). Answered at once, also during a generation.
+   */
+  sessions() {
+    return this.#call({ type: 'sessions' });
+  }
+
+  /**
+   * Evaluate the prompt of a (possibly unfinished) input into the KV cache,
+   * generating nothing; the coming `generate` with the same or a longer input
+   * then evaluates only what is new. Resolves with the `preloaded` message.
+   * Any later job request (generate, load, reset, preload, a session request,
+   * cleanup) interrupts it, never refused as busy: the preload then resolves
+   * with `complete: false` and the request runs after it. `signal` interrupts
+   * it the same way.
+   * @param {string | Array<{role: string, content: string}>} input
+   * @param {import('./index.js').PreloadOptions} [options]
+   * @param {{ signal?: AbortSignal }} [callOptions]
+   */
+  preload(input, options = {}, { signal } = {}) {
+    const fields = toWireFields(options, PRELOAD_FIELDS, 'preload');
+    const message = { type: 'preload', input: toWireInput(input), ...fields };
+    return new Promise((resolve, reject) => {
+      let id = null;
+      const onAbort = () => {
+        if (id !== null) this.abort(id).catch(() => {});
+      };
+      const finish = () => signal?.removeEventListener('abort', onAbort);
+      try {
+        id = this[kRequest](message, {
+          onTerminal: (msg) => {
+            finish();
+            if (msg.type === 'error') reject(errorFromFrame(msg));
+            else resolve(msg);
+          },
+          onFail: (err) => {
+            finish();
+            reject(err);
+          },
+        });
+      } catch (err) {
+        reject(err);
+        return;
+      }
+      if (signal) {
+        if (signal.aborted) onAbort();
+        else signal.addEventListener('abort', onAbort, { once: true });
+      }
+    });
+  }
+
+  /**
+   * Forget a session and its cached KV state on the worker ("default" is
+   * emptied instead).
+   * @param {string} session
+   */
+  async closeSession(session) {
+    if (typeof session !== 'string') throw new TypeError('closeSession() takes a session name');
+    await this.#call({ type: 'close_session', session });
+  }
+
+  /**
+   * Write a session's history and KV state to `path` (a path for the worker:
+   * relative to its cwd). Resolves with the `saved` message ({path, bytes, session}).
+   * @param {string} path
+   * @param {{ session?: string }} [options]
+   */
+  async saveSession(path, options = {}) {
+    return this.#call({ type: 'save_session', path: checkPath(path, 'saveSession'), ...sessionField(options, 'saveSession') });
+  }
+
+  /**
+   * Replace a session with one written by saveSession() (same model and KV
+   * layout, any worker). Resolves with the `restored` message ({session,
+   * history}). Rejects with SessionFileError (`bad_session_file`,
+   * `session_mismatch`) and leaves the session as it was when it cannot.
+   * @param {string} path
+   * @param {{ session?: string }} [options]
+   */
+  async restoreSession(path, options = {}) {
+    return this.#call({ type: 'restore_session', path: checkPath(path, 'restoreSession'), ...sessionField(options, 'restoreSession') });
+  }
+}
+
+function checkPath(path, what) {
+  if (typeof path !== 'string') throw new TypeError(`${what}() takes a path string`);
+  return path;
+}
+
+/** {session} (or {}) from the options of saveSession/restoreSession. */
+function sessionField(options, what) {
+  const fields = toWireFields(options, { session: 'session' }, what);
+  return fields.session === undefined ? {} : { session: fields.session };
+}
+
+/** Options with `session` set to `name`; a different `session` among them is a mistake. */
+function bindSession(options, name, what) {
+  if (options == null) return { session: name };
+  if (typeof options !== 'object' || Array.isArray(options)) throw new TypeError(`${what} options must be an object`);
+  if (options.session !== undefined && options.session !== name) {
+    throw new TypeError(`${what}: option session ${JSON.stringify(options.session)} on the session ${JSON.stringify(name)}`);
+  }
+  return { ...options, session: name };
+}
+
+/**
+ * One chat session of a worker: `client.session('notes')`. The client's
+ * calls bound to this session's name. Sessions share the model; each has its
+ * own history and system prompt, and the worker keeps the KV state of
+ * recently used ones in RAM, so switching between them does not evaluate
+ * their prompts again.
+ */
+export class Session {
+  /**
+   * @param {LlamaWorkerClient} client
+   * @param {string} name
+   */
+  constructor(client, name) {
+    /** The client this session belongs to. */
+    this.client = client;
+    /** The session name sent to the worker. */
+    this.name = name;
+  }
+
+  /** As client.generate(), in this session. */
+  generate(input, options = {}, callOptions = {}) {
+    return this.client.generate(input, bindSession(options, this.name, 'generate'), callOptions);
+  }
+
+  /** As client.chat(), in this session. */
+  chat(input, options = {}, callOptions = {}) {
+    return this.client.chat(input, bindSession(options, this.name, 'chat'), callOptions);
+  }
+
+  /** As client.reset(): a string (or null) is the system prompt, or {systemPrompt}. */
+  async reset(options = {}) {
+    const bound = typeof options === 'string' || options === null ? { systemPrompt: options } : options;
+    await this.client.reset(bindSession(bound, this.name, 'reset'));
+  }
+
+  /** As client.preload(), in this session. */
+  preload(input, options = {}, callOptions = {}) {
+    return this.client.preload(input, bindSession(options, this.name, 'preload'), callOptions);
+  }
+
+  /** Write this session to `path` (client.saveSession()). */
+  save(path) {
+    return this.client.saveSession(path, { session: this.name });
+  }
+
+  /** Replace this session with a saved one (client.restoreSession()). */
+  restore(path) {
+    return this.client.restoreSession(path, { session: this.name });
+  }
+
+  /** Forget this session on the worker (client.closeSession()); the handle stays usable. */
+  close() {
+    return this.client.closeSession(this.name);
+  }
+
+  /**
+   * This session's entry of client.sessions() ({session, messages, tokens,
+   * kv_cached, active, kv_bytes, system_prompt}); all zero when the worker
+   * does not know it (yet).
+   */
+  async info() {
+    const listing = await this.client.sessions();
+    const found = listing.sessions.find((s) => s.session === this.name);
+    return found ?? { session: this.name, messages: 0, tokens: 0, kv_cached: false, active: false, kv_bytes: 0, system_prompt: null };
   }
 }
 

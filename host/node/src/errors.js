@@ -89,6 +89,15 @@ export class InternalError extends LlamaWorkerError {
   static defaultCode = 'internal';
 }
 
+/**
+ * A saved session cannot be restored: the file is missing, damaged or not a
+ * session file (`bad_session_file`), or it was made with another model or KV
+ * layout (`session_mismatch`). The session is left as it was; not retryable.
+ */
+export class SessionFileError extends LlamaWorkerError {
+  static defaultCode = 'bad_session_file';
+}
+
 /** The worker process died (or closed its output, or could not start) with requests pending. */
 export class WorkerCrashedError extends LlamaWorkerError {
   static defaultCode = 'worker_crashed';
@@ -141,6 +150,8 @@ const BY_CODE = {
   aborted: AbortedError,
   generation_failed: GenerationFailedError,
   internal: InternalError,
+  session_mismatch: SessionFileError,
+  bad_session_file: SessionFileError,
 };
 
 /** The class an error code maps to (LlamaWorkerError for codes this client does not know). */

@@ -12,8 +12,14 @@ import type {
   Load,
   Log,
   ModelInfo,
+  Preload,
+  Preloaded,
   Ready,
   Reset,
+  Restored,
+  Saved,
+  SessionInfo,
+  SessionList,
   WorkerMessage,
 } from './protocol.js';
 
@@ -23,6 +29,8 @@ export type { ErrorFrame };
 export declare const PROTOCOL_VERSION: 1;
 /** The environment variable the client sets to its own pid (the worker exits when that process dies). */
 export declare const PARENT_ENV_VAR: 'LLAMA_WORKER_PARENT_PID';
+/** The session of requests that name none. */
+export declare const DEFAULT_SESSION: 'default';
 
 /** `python` on Windows, `python3` elsewhere. */
 export declare function defaultPython(): string;
@@ -88,6 +96,8 @@ export interface LoadOptions {
   useExtraBufts?: Load['use_extra_bufts'];
   nBatch?: Load['n_batch'];
   flashAttn?: Load['flash_attn'];
+  /** RAM budget for the KV state of sessions not in the context (worker default: 1/8 of RAM, at most 4 GiB; 0: none). */
+  sessionCacheBytes?: Load['session_cache_bytes'];
   model_path?: Load['model_path'];
   n_ctx?: Load['n_ctx'];
   n_threads?: Load['n_threads'];
@@ -97,6 +107,7 @@ export interface LoadOptions {
   use_extra_bufts?: Load['use_extra_bufts'];
   n_batch?: Load['n_batch'];
   flash_attn?: Load['flash_attn'];
+  session_cache_bytes?: Load['session_cache_bytes'];
 }
 
 /** generate() options: camelCase names or the wire names (snake_case). Unknown names throw a TypeError. */
@@ -112,6 +123,8 @@ export interface GenerateOptions {
   repeatPenalty?: Generate['repeat_penalty'];
   seed?: Generate['seed'];
   mode?: Generate['mode'];
+  /** The chat session of this turn (default "default"); ignored in completion mode. */
+  session?: Generate['session'];
   max_tokens?: Generate['max_tokens'];
   top_p?: Generate['top_p'];
   top_k?: Generate['top_k'];
@@ -123,7 +136,18 @@ export interface GenerateOptions {
 export interface ResetOptions {
   /** undefined/null: keep the current system prompt; "": remove it; a string: the new one. */
   systemPrompt?: Reset['system_prompt'];
+  /** The session to clear (default "default"). */
+  session?: Reset['session'];
   system_prompt?: Reset['system_prompt'];
+}
+
+/** preload() options: camelCase names or the wire names. */
+export interface PreloadOptions {
+  /** The `maxTokens` the coming generate will use (history is trimmed the same way; worker default 512). */
+  maxTokens?: Preload['max_tokens'];
+  /** The session to preload (default "default"). */
+  session?: Preload['session'];
+  max_tokens?: Preload['max_tokens'];
 }
 
 /** A chat message as accepted by generate() (extra properties are dropped). */
@@ -192,16 +216,52 @@ export declare class LlamaWorkerClient extends EventEmitter {
   chat(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<Done>;
   /** Stop a request by id, or whatever job runs. Resolves on the worker's `ok`; a no-op once the worker is gone. */
   abort(target?: number | string | null): Promise<void>;
-  /** Clear the chat history (optionally replacing the system prompt). */
+  /** Clear a session's chat history (optionally replacing its system prompt); the "default" session unless `session` says. */
   reset(options?: string | null | ResetOptions): Promise<void>;
   /** Abort what runs and free the model; the worker stays up. */
   cleanup(options?: { timeout?: number }): Promise<void>;
   /** cleanup -> end stdin -> wait -> SIGTERM -> SIGKILL, each bounded. Idempotent. */
   close(): Promise<ExitInfo>;
 
+  /** A handle on the chat session `name` (default "default"); the same object for the same name. */
+  session(name?: string): Session;
+  /** Every session of the worker; answered at once, also during a generation. */
+  sessions(): Promise<SessionList>;
+  /**
+   * Evaluate the prompt of a (possibly unfinished) input ahead of generate().
+   * Any later job request interrupts it (never busy): it then resolves with `complete: false`.
+   */
+  preload(input: GenerateInput, options?: PreloadOptions, callOptions?: { signal?: AbortSignal }): Promise<Preloaded>;
+  /** Forget a session and its cached KV state ("default" is emptied instead). */
+  closeSession(session: string): Promise<void>;
+  /** Write a session's history and KV state to `path` (a path for the worker). */
+  saveSession(path: string, options?: { session?: string }): Promise<Saved>;
+  /** Replace a session with a saved one; rejects with SessionFileError (session unchanged) when it cannot. */
+  restoreSession(path: string, options?: { session?: string }): Promise<Restored>;
+
   on<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
   once<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
   off<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
+}
+
+/**
+ * One chat session of a worker (`client.session(name)`): the client's calls
+ * bound to its name. Options naming another `session` throw a TypeError.
+ */
+export declare class Session {
+  private constructor();
+  readonly client: LlamaWorkerClient;
+  readonly name: string;
+  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal }): Generation;
+  chat(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<Done>;
+  reset(options?: string | null | ResetOptions): Promise<void>;
+  preload(input: GenerateInput, options?: PreloadOptions, callOptions?: { signal?: AbortSignal }): Promise<Preloaded>;
+  save(path: string): Promise<Saved>;
+  restore(path: string): Promise<Restored>;
+  /** Forget the session on the worker; the handle stays usable (the worker recreates it on next use). */
+  close(): Promise<void>;
+  /** Its entry of client.sessions() (zeros when the worker does not know it). */
+  info(): Promise<SessionInfo>;
 }
 
 /** An in-flight generation: iterate it for text chunks; the final `done` at the end. */
@@ -254,6 +314,8 @@ export declare class ContextOverflowError extends LlamaWorkerError {}
 export declare class AbortedError extends LlamaWorkerError {}
 export declare class GenerationFailedError extends LlamaWorkerError {}
 export declare class InternalError extends LlamaWorkerError {}
+/** bad_session_file (missing, damaged, not a session file) or session_mismatch (another model or KV layout). */
+export declare class SessionFileError extends LlamaWorkerError {}
 export declare class WorkerCrashedError extends LlamaWorkerError {
   constructor(message: string, details: { exitCode: number | null; signal: string | null; stderrTail: string; cause?: unknown });
   exitCode: number | null;
@@ -294,3 +356,4 @@ export declare class FrameDecoder {
 export declare const LOAD_FIELDS: Readonly<Record<string, string>>;
 export declare const GENERATE_FIELDS: Readonly<Record<string, string>>;
 export declare const RESET_FIELDS: Readonly<Record<string, string>>;
+export declare const PRELOAD_FIELDS: Readonly<Record<string, string>>;

@@ -1,5 +1,5 @@
 // llama-worker-client: the Node.js host client of llama-worker (plain ESM, no dependencies).
-export { LlamaWorkerClient, Generation, PROTOCOL_VERSION, PARENT_ENV_VAR, defaultPython, resolveCommand } from './client.js';
+export { LlamaWorkerClient, Generation, Session, DEFAULT_SESSION, PROTOCOL_VERSION, PARENT_ENV_VAR, defaultPython, resolveCommand } from './client.js';
 export {
   LlamaWorkerError,
   BadRequestError,
@@ -14,6 +14,7 @@ export {
   AbortedError,
   GenerationFailedError,
   InternalError,
+  SessionFileError,
   WorkerCrashedError,
   WorkerTimeoutError,
   ClientClosedError,
@@ -22,4 +23,4 @@ export {
   errorClassForCode,
 } from './errors.js';
 export { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE } from './framing.js';
-export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS } from './options.js';
+export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS, PRELOAD_FIELDS } from './options.js';

@@ -13,6 +13,7 @@ export const LOAD_FIELDS = Object.freeze({
   useExtraBufts: 'use_extra_bufts',
   nBatch: 'n_batch',
   flashAttn: 'flash_attn',
+  sessionCacheBytes: 'session_cache_bytes',
 });
 
 /** generate(): camelCase option -> wire field of the `generate` message (`input` is the first argument). */
@@ -26,11 +27,19 @@ export const GENERATE_FIELDS = Object.freeze({
   repeatPenalty: 'repeat_penalty',
   seed: 'seed',
   mode: 'mode',
+  session: 'session',
 });
 
 /** reset(): camelCase option -> wire field of the `reset` message. */
 export const RESET_FIELDS = Object.freeze({
   systemPrompt: 'system_prompt',
+  session: 'session',
+});
+
+/** preload(): camelCase option -> wire field of the `preload` message (`input` is the first argument). */
+export const PRELOAD_FIELDS = Object.freeze({
+  maxTokens: 'max_tokens',
+  session: 'session',
 });
 
 /**

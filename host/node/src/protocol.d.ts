@@ -31,6 +31,17 @@ export interface Cleanup {
   id: number | string;
 }
 
+/** Forget a session and its cached KV state ("default" is emptied instead). */
+export interface CloseSession {
+  type: "close_session";
+  id: number | string;
+  /**
+   * Chat session name
+   * Schema: minLength 1, maxLength 256.
+   */
+  session: string;
+}
+
 export interface Done {
   type: "done";
   id: number | string;
@@ -59,7 +70,7 @@ export interface Error {
 }
 
 /** Every code an `error` frame can carry (pinned: add, never rename). */
-export type ErrorCode = "aborted" | "bad_frame" | "busy" | "context_overflow" | "frame_too_large" | "generation_failed" | "internal" | "invalid_request" | "load_failed" | "model_not_found" | "no_model" | "not_initialized" | "protocol_mismatch" | "unknown_type";
+export type ErrorCode = "aborted" | "bad_frame" | "bad_session_file" | "busy" | "context_overflow" | "frame_too_large" | "generation_failed" | "internal" | "invalid_request" | "load_failed" | "model_not_found" | "no_model" | "not_initialized" | "protocol_mismatch" | "session_mismatch" | "unknown_type";
 
 /** Generate a reply (chat mode) or a continuation (completion mode). */
 export interface Generate {
@@ -89,6 +100,12 @@ export interface Generate {
    * @default null
    */
   seed?: number | null;
+  /**
+   * Chat session name
+   * Schema: minLength 1, maxLength 256.
+   * @default "default"
+   */
+  session?: string;
   /**
    * Schema: minLength 1.
    * @default []
@@ -157,6 +174,11 @@ export interface Load {
    * @default null
    */
   seed?: number | null;
+  /**
+   * Schema: integer, minimum 0.
+   * @default null
+   */
+  session_cache_bytes?: number | null;
   /** @default null */
   system_prompt?: string | null;
   /** @default null */
@@ -208,6 +230,11 @@ export interface ModelInfo {
    * @default 0
    */
   n_threads?: number;
+  /**
+   * Schema: integer.
+   * @default 0
+   */
+  session_cache_bytes?: number;
   /** @default "native" */
   system_prompt_mode?: "merged" | "native";
   /** @default true */
@@ -228,6 +255,36 @@ export interface Ping {
 export interface Pong {
   type: "pong";
   id: number | string;
+}
+
+/** Evaluate a session's prompt for this (possibly partial) input into the KV cache, generating nothing. The next `generate` with the same or an extended input then evaluates only what is new. Any later job request interrupts it (never `busy`); the reply is then `preloaded` with `complete` false. */
+export interface Preload {
+  type: "preload";
+  id: number | string;
+  input: string | ChatMessage[];
+  /**
+   * Schema: integer, minimum 1.
+   * @default 512
+   */
+  max_tokens?: number;
+  /**
+   * Chat session name
+   * Schema: minLength 1, maxLength 256.
+   * @default "default"
+   */
+  session?: string;
+}
+
+/** Reply to `preload`. */
+export interface Preloaded {
+  type: "preloaded";
+  id: number | string;
+  session: string;
+  /** Schema: integer. */
+  prompt_tokens: number;
+  /** Schema: integer. */
+  cached_tokens: number;
+  complete: boolean;
 }
 
 /** Event of a `load`: rising fraction, at most about 20 per second. */
@@ -253,8 +310,92 @@ export interface Ready {
 export interface Reset {
   type: "reset";
   id: number | string;
+  /**
+   * Chat session name
+   * Schema: minLength 1, maxLength 256.
+   * @default "default"
+   */
+  session?: string;
   /** @default null */
   system_prompt?: string | null;
+}
+
+/** Replace a session with one saved by `save_session` (same model and KV layout). */
+export interface RestoreSession {
+  type: "restore_session";
+  id: number | string;
+  /** Schema: minLength 1. */
+  path: string;
+  /**
+   * Chat session name
+   * Schema: minLength 1, maxLength 256.
+   * @default "default"
+   */
+  session?: string;
+}
+
+/** Reply to `restore_session`. */
+export interface Restored {
+  type: "restored";
+  id: number | string;
+  session: SessionInfo;
+  /** @default [] */
+  history?: ChatMessage[];
+}
+
+/** Write a session's history and KV state to a file. */
+export interface SaveSession {
+  type: "save_session";
+  id: number | string;
+  /** Schema: minLength 1. */
+  path: string;
+  /**
+   * Chat session name
+   * Schema: minLength 1, maxLength 256.
+   * @default "default"
+   */
+  session?: string;
+}
+
+/** Reply to `save_session`. */
+export interface Saved {
+  type: "saved";
+  id: number | string;
+  path: string;
+  /** Schema: integer. */
+  bytes: number;
+  session: SessionInfo;
+}
+
+export interface SessionInfo {
+  session: string;
+  /** Schema: integer. */
+  messages: number;
+  /** Schema: integer. */
+  tokens: number;
+  kv_cached: boolean;
+  active: boolean;
+  /** Schema: integer. */
+  kv_bytes: number;
+  /** @default null */
+  system_prompt?: string | null;
+}
+
+/** Reply to `sessions`. */
+export interface SessionList {
+  type: "session_list";
+  id: number | string;
+  sessions: SessionInfo[];
+  /** Schema: integer. */
+  cache_bytes: number;
+  /** Schema: integer. */
+  cache_budget_bytes: number;
+}
+
+/** List the chat sessions. Answered at once, also while a job runs. */
+export interface Sessions {
+  type: "sessions";
+  id: number | string;
 }
 
 export interface Timings {
@@ -275,7 +416,7 @@ export interface Usage {
 }
 
 /** Every message a host sends (host -> worker). */
-export type HostMessage = Init | Load | Generate | Abort | Reset | Ping | Cleanup;
+export type HostMessage = Init | Load | Generate | Abort | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession;
 
 /** The `type` values of HostMessage. */
 export type HostMessageType = HostMessage['type'];
@@ -284,15 +425,20 @@ export type HostMessageType = HostMessage['type'];
 export interface HostMessageByType {
   abort: Abort;
   cleanup: Cleanup;
+  close_session: CloseSession;
   generate: Generate;
   init: Init;
   load: Load;
   ping: Ping;
+  preload: Preload;
   reset: Reset;
+  restore_session: RestoreSession;
+  save_session: SaveSession;
+  sessions: Sessions;
 }
 
 /** Every message a worker sends (worker -> host). */
-export type WorkerMessage = Ready | Progress | Loaded | Chunk | Done | Ok | Pong | Error | Log;
+export type WorkerMessage = Ready | Progress | Loaded | Chunk | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored;
 
 /** The `type` values of WorkerMessage. */
 export type WorkerMessageType = WorkerMessage['type'];
@@ -306,6 +452,10 @@ export interface WorkerMessageByType {
   log: Log;
   ok: Ok;
   pong: Pong;
+  preloaded: Preloaded;
   progress: Progress;
   ready: Ready;
+  restored: Restored;
+  saved: Saved;
+  session_list: SessionList;
 }

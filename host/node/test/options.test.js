@@ -16,10 +16,11 @@ import {
   NoModelError,
   NotInitializedError,
   ProtocolMismatchError,
+  SessionFileError,
   errorFromFrame,
   resolveCommand,
 } from '../src/index.js';
-import { GENERATE_FIELDS, LOAD_FIELDS, toWireFields, toWireInput } from '../src/options.js';
+import { GENERATE_FIELDS, LOAD_FIELDS, PRELOAD_FIELDS, RESET_FIELDS, toWireFields, toWireInput } from '../src/options.js';
 
 test('camelCase and wire names map to the wire names', () => {
   assert.deepEqual(toWireFields({ maxTokens: 5, top_p: 0.5, temperature: 0, stop: ['x'], undefinedOne: undefined }, GENERATE_FIELDS, 'generate'), {
@@ -34,6 +35,10 @@ test('camelCase and wire names map to the wire names', () => {
     system_prompt: 'Be brief.',
   });
   assert.deepEqual(toWireFields(undefined, LOAD_FIELDS, 'load'), {});
+  assert.deepEqual(toWireFields({ sessionCacheBytes: 0 }, LOAD_FIELDS, 'load'), { session_cache_bytes: 0 });
+  assert.deepEqual(toWireFields({ session: 'a', maxTokens: 3 }, GENERATE_FIELDS, 'generate'), { session: 'a', max_tokens: 3 });
+  assert.deepEqual(toWireFields({ session: 'a', systemPrompt: '' }, RESET_FIELDS, 'reset'), { session: 'a', system_prompt: '' });
+  assert.deepEqual(toWireFields({ session: 'a', max_tokens: 3 }, PRELOAD_FIELDS, 'preload'), { session: 'a', max_tokens: 3 });
 });
 
 test('unknown or conflicting option names are refused', () => {
@@ -74,6 +79,8 @@ test('every error code maps to its class, like host/exceptions.py', () => {
     aborted: AbortedError,
     generation_failed: GenerationFailedError,
     internal: InternalError,
+    session_mismatch: SessionFileError,
+    bad_session_file: SessionFileError,
   };
   for (const [code, Cls] of Object.entries(expected)) {
     const retryable = ['busy', 'aborted', 'generation_failed'].includes(code);
