@@ -60,7 +60,7 @@ test: setup
 
 # Full-count reliability runs; figures land in reliability-results.json.
 soak: setup
-	LLAMA_WORKER_SOAK=1 $(PY) -m pytest -q tests/test_reliability.py
+	LLAMA_WORKER_SOAK=1 $(PY) -m pytest -q --timeout=3600 tests/test_reliability.py
 
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'

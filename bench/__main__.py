@@ -27,7 +27,7 @@ from host import AsyncClient
 from worker import llama_backend as B
 from worker.model_locator import default_model_path
 
-from . import baselines
+from . import baselines, sessions
 
 ROOT = Path(__file__).resolve().parent
 STORY = "Write a long, detailed story about a lighthouse keeper and a storm. Keep going for many paragraphs."
@@ -323,35 +323,50 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _core_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if "decode" in results:
+        d = results["decode"]
+        rows += [
+            ("decode tok/s: worker via host", f"{d['tokens_per_second']['worker']:.1f}"),
+            ("decode tok/s: (a) Llama same settings", f"{d['tokens_per_second']['a_same_settings']:.1f}"),
+            ("decode tok/s: (b) Llama defaults", f"{d['tokens_per_second']['b_defaults']:.1f}"),
+            ("decode tok/s: (c) ctypes ceiling", f"{d['tokens_per_second']['c_ceiling']:.1f}"),
+            ("worker / (c)  (goal >= 0.97)", f"{d['ratio_worker_vs_ceiling']:.3f}"),
+            ("worker / (b)  (goal >= 1.5)", f"{d['ratio_worker_vs_defaults']:.2f}"),
+        ]
+    if "prompt_reuse" in results:
+        r = results["prompt_reuse"]
+        rows += [
+            ("TTFT turn 1 / last (ms)", f"{r['ttft_ms'][0]:.1f} / {r['ttft_ms'][-1]:.1f}"),
+            ("TTFT last / first  (goal <= 1.3)", f"{r['ratio_last_vs_first']:.2f}"),
+        ]
+    if "cold_start" in results:
+        c = results["cold_start"]
+        rows.append(("cold start to first token: worker / in-process (s)  (goal < 0.5)", f"{c['worker_median_s']:.3f} / {c['inprocess_median_s']:.3f}"))
+    if "prefill" in results:
+        p = results["prefill"]
+        rows.append(("prefill tok/s: worker / library defaults  (goal >= 1.0x)", f"{p['worker_tokens_per_second']:.0f} / {p['library_defaults_tokens_per_second']:.0f} ({p['ratio']:.2f}x)"))
+    if "abort_control" in results:
+        a = results["abort_control"]
+        rows += [
+            ("abort during decode (ms) vs one token (ms)", f"{a['abort_during_decode_ms']:.1f} vs {a['one_token_ms']:.1f}"),
+            ("abort 100 ms into prefill (ms)  (goal < 50)", f"{a['abort_100ms_into_prefill_ms']:.1f}"),
+            ("ping idle / while streaming (ms)  (goal < 5)", f"{a['ping_idle_ms']:.2f} / {a['ping_while_streaming_ms']:.2f}"),
+        ]
+    if "codec" in results:
+        k = results["codec"]
+        rows.append(("codec frames/s: protocol / stdlib json  (goal >= 200k, ahead)", f"{k['protocol_frames_per_second']:,.0f} / {k['stdlib_json_frames_per_second']:,.0f}"))
+    if "memory" in results:
+        m = results["memory"]
+        rows.append(("worker RSS after load / model file (MB)", f"{m['rss_bytes'] / 1e6:.0f} / {m['model_file_bytes'] / 1e6:.0f} ({m['ratio']:.2f}x)"))
+    return rows
+
+
 def table(results: dict[str, Any]) -> str:
-    d = results["decode"]
-    rows = [
-        ("decode tok/s: worker via host", f"{d['tokens_per_second']['worker']:.1f}"),
-        ("decode tok/s: (a) Llama same settings", f"{d['tokens_per_second']['a_same_settings']:.1f}"),
-        ("decode tok/s: (b) Llama defaults", f"{d['tokens_per_second']['b_defaults']:.1f}"),
-        ("decode tok/s: (c) ctypes ceiling", f"{d['tokens_per_second']['c_ceiling']:.1f}"),
-        ("worker / (c)  (goal >= 0.97)", f"{d['ratio_worker_vs_ceiling']:.3f}"),
-        ("worker / (b)  (goal >= 1.5)", f"{d['ratio_worker_vs_defaults']:.2f}"),
-    ]
-    r = results["prompt_reuse"]
-    rows += [
-        ("TTFT turn 1 / last (ms)", f"{r['ttft_ms'][0]:.1f} / {r['ttft_ms'][-1]:.1f}"),
-        ("TTFT last / first  (goal <= 1.3)", f"{r['ratio_last_vs_first']:.2f}"),
-    ]
-    c = results["cold_start"]
-    rows.append(("cold start to first token: worker / in-process (s)  (goal < 0.5)", f"{c['worker_median_s']:.3f} / {c['inprocess_median_s']:.3f}"))
-    p = results["prefill"]
-    rows.append(("prefill tok/s: worker / library defaults  (goal >= 1.0x)", f"{p['worker_tokens_per_second']:.0f} / {p['library_defaults_tokens_per_second']:.0f} ({p['ratio']:.2f}x)"))
-    a = results["abort_control"]
-    rows += [
-        ("abort during decode (ms) vs one token (ms)", f"{a['abort_during_decode_ms']:.1f} vs {a['one_token_ms']:.1f}"),
-        ("abort 100 ms into prefill (ms)  (goal < 50)", f"{a['abort_100ms_into_prefill_ms']:.1f}"),
-        ("ping idle / while streaming (ms)  (goal < 5)", f"{a['ping_idle_ms']:.2f} / {a['ping_while_streaming_ms']:.2f}"),
-    ]
-    k = results["codec"]
-    rows.append(("codec frames/s: protocol / stdlib json  (goal >= 200k, ahead)", f"{k['protocol_frames_per_second']:,.0f} / {k['stdlib_json_frames_per_second']:,.0f}"))
-    m = results["memory"]
-    rows.append(("worker RSS after load / model file (MB)", f"{m['rss_bytes'] / 1e6:.0f} / {m['model_file_bytes'] / 1e6:.0f} ({m['ratio']:.2f}x)"))
+    rows = _core_rows(results)
+    if "sessions" in results:
+        rows += sessions.rows(results["sessions"])
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"| {name.ljust(width)} | {value} |" for name, value in rows)
 
@@ -361,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, numbers mean nothing")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "latest.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "plot.png")
+    parser.add_argument("--only", action="append", help="run only this step (repeatable): decode, prompt_reuse, cold_start, prefill, abort_control, codec, memory, sessions")
     args = parser.parse_args(argv)
     q = args.quick
     results: dict[str, Any] = {"machine": {"cores": B.usable_cores(), "cpu_amx": B.cpu_has_amx(), "llama_cpp_python": B.LIBRARY_VERSION}, "quick": q}
@@ -372,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         ("abort_control", lambda: bench_abort_and_control(rounds=1 if q else 7, pings=5 if q else 200)),
         ("codec", lambda: bench_codec(frames=2000 if q else 200_000)),
         ("memory", bench_memory),
+        ("sessions", lambda: sessions.run_all(q)),
     ]
+    if args.only:
+        steps = [(name, fn) for name, fn in steps if name in args.only]
     for name, fn in steps:
         t0 = time.perf_counter()
         results[name] = fn()
@@ -381,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(table(results))
     try:
-        plot(results, args.plot)
+        if "decode" in results and "prompt_reuse" in results:
+            plot(results, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
