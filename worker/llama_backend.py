@@ -160,6 +160,24 @@ def system_info() -> str:
     return raw.decode("utf-8", errors="replace") if raw else ""
 
 
+def backends_in(info: str) -> list[str]:
+    """Backend names in a `llama_print_system_info` text ("CUDA : ARCHS = 900 | ... | CPU : AVX = 1 | ...")."""
+    names: list[str] = []
+    for segment in info.split("|"):
+        if " : " in segment:
+            name = segment.split(" : ", 1)[0].strip()
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+@functools.cache
+def backends() -> list[str]:
+    """The compute backends this llama.cpp build registered (CPU, CUDA, Metal, Vulkan...)."""
+    initialize_backend()
+    return backends_in(system_info()) or ["CPU"]
+
+
 # ---------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------
@@ -208,6 +226,7 @@ class Model:
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
+        self._grammars: dict[str, ctypes.c_void_p] = {}
 
     @property
     def ptr(self) -> C.llama_model_p:
@@ -216,9 +235,30 @@ class Model:
         return self._ptr
 
     def close(self) -> None:
+        for proto in self._grammars.values():
+            C.llama_sampler_free(proto)
+        self._grammars.clear()
         if self._ptr is not None:
             C.llama_model_free(self._ptr)
             self._ptr = None
+
+    def grammar(self, gbnf: str) -> ctypes.c_void_p:
+        """A parsed grammar sampler for this vocabulary, kept as a prototype to clone.
+
+        Parsing happens once per grammar; each generation clones the prototype
+        (the clone carries the parse state). Raises `LlamaError` when llama.cpp
+        cannot parse the grammar.
+        """
+        proto = self._grammars.get(gbnf)
+        if proto is None:
+            clear_recent_errors()
+            proto = C.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
+            if not proto:
+                raise LlamaError("; ".join(recent_error_lines()) or "llama.cpp could not parse the grammar")
+            if len(self._grammars) >= 32:
+                C.llama_sampler_free(self._grammars.pop(next(iter(self._grammars))))
+            self._grammars[gbnf] = proto
+        return proto
 
     # -- metadata --------------------------------------------------------
 
@@ -248,7 +288,7 @@ class Model:
             "size_bytes": size_bytes,
             "n_params": self.n_params,
             "n_vocab": self.n_vocab,
-            "n_layer": int(C.llama_model_n_layer(self.ptr)),
+            "n_layer": self.n_layer,
             "n_embd": int(C.llama_model_n_embd(self.ptr)),
             "metadata_sha256": digest,
         }
@@ -267,6 +307,10 @@ class Model:
     @property
     def n_params(self) -> int:
         return int(C.llama_model_n_params(self.ptr))
+
+    @property
+    def n_layer(self) -> int:
+        return int(C.llama_model_n_layer(self.ptr))
 
     @property
     def n_swa(self) -> int:
@@ -309,6 +353,24 @@ class Model:
             if n < 0:
                 raise LlamaError("tokenization failed")
         return list(arr[:n])
+
+    def detokenize(self, tokens: Sequence[int], *, render_special: bool) -> str:
+        """Text of a token sequence (as a whole, so multi-byte characters split across tokens join)."""
+        if not tokens:
+            return ""
+        for tok in tokens:
+            if not 0 <= tok < self.n_vocab:
+                raise ValueError(f"token id {tok} is not in the vocabulary (0..{self.n_vocab - 1})")
+        arr = (C.llama_token * len(tokens))(*tokens)
+        capacity = max(64, len(tokens) * 16)
+        buf = ctypes.create_string_buffer(capacity)
+        n = C.llama_detokenize(self.vocab, arr, len(tokens), buf, capacity, False, render_special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_detokenize(self.vocab, arr, len(tokens), buf, -n, False, render_special)
+            if n < 0:
+                raise LlamaError("detokenization failed")
+        return buf.raw[:n].decode("utf-8", errors="replace")
 
     def single_token(self, text: str) -> int | None:
         """The id of `text` when the vocabulary has it as one special token."""
@@ -495,19 +557,24 @@ class Context:
 
     # -- saved KV state (chat sessions) -----------------------------------
 
-    def save_state(self) -> bytes:
-        """The KV state of the cached tokens (sequence 0), as llama.cpp serialises it."""
+    def save_state(self) -> bytearray:
+        """The KV state of the cached tokens (sequence 0), as llama.cpp serialises it.
+
+        A bytearray, filled in place: for a long conversation this is tens of
+        megabytes, and every extra copy shows in the time to switch sessions.
+        """
         if not self.tokens:
-            return b""
+            return bytearray()
         size = int(C.llama_state_seq_get_size(self.ptr, 0))
         buf = bytearray(size)
         written = int(C.llama_state_seq_get_data(self.ptr, (ctypes.c_uint8 * size).from_buffer(buf), size, 0))
         if written == 0:
             raise LlamaError("llama.cpp could not copy the KV state")
-        return bytes(memoryview(buf)[:written]) if written != size else bytes(buf)
+        del buf[written:]
+        return buf
 
-    def load_state(self, data: bytes, tokens: Sequence[int]) -> None:
-        """Make the cache hold `tokens` from a `save_state` blob.
+    def load_state(self, data: bytes | bytearray, tokens: Sequence[int]) -> None:
+        """Make the cache hold `tokens` from a `save_state` blob (which is only read).
 
         On failure the cache is left empty (never half-restored) and
         `LlamaError` is raised.
@@ -517,8 +584,8 @@ class Context:
         self.clear()
         if not data or not tokens:
             return
-        arr = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        read = int(C.llama_state_seq_set_data(self.ptr, arr, len(data), 0))
+        view = (ctypes.c_uint8 * len(data)).from_buffer(data) if isinstance(data, bytearray) else (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        read = int(C.llama_state_seq_set_data(self.ptr, view, len(data), 0))
         if read == 0:
             C.llama_memory_clear(self._memory, True)
             raise LlamaError("llama.cpp refused the saved KV state (another model or context layout)")
@@ -560,9 +627,14 @@ class SamplingParams:
 
 
 class Sampler:
-    """llama.cpp's native sampler chain: one call per token, no logits in Python."""
+    """llama.cpp's native sampler chain: one call per token, no logits in Python.
 
-    def __init__(self, model: Model, params: SamplingParams) -> None:
+    `history` (the prompt's tail) is shown to the repetition penalty only;
+    a `grammar` (a prototype from `Model.grammar`) is cloned into the chain
+    right after it, so every later stage sees only tokens the grammar allows.
+    """
+
+    def __init__(self, model: Model, params: SamplingParams, history: Sequence[int] = (), grammar: ctypes.c_void_p | None = None) -> None:
         cparams = C.llama_sampler_chain_default_params()
         cparams.no_perf = True
         chain = C.llama_sampler_chain_init(cparams)
@@ -571,7 +643,16 @@ class Sampler:
         self._ptr = chain
         add = functools.partial(C.llama_sampler_chain_add, chain)
         if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
-            add(C.llama_sampler_init_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0))
+            penalties = C.llama_sampler_init_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0)
+            for tok in history:
+                C.llama_sampler_accept(penalties, tok)
+            add(penalties)
+        if grammar is not None:
+            clone = C.llama_sampler_clone(grammar)
+            if not clone:
+                self.close()
+                raise LlamaError("could not copy the grammar sampler")
+            add(clone)
         if params.temperature <= 0.0:
             add(C.llama_sampler_init_greedy())
         else:
@@ -583,11 +664,6 @@ class Sampler:
                 add(C.llama_sampler_init_min_p(params.min_p, 1))
             add(C.llama_sampler_init_temp(params.temperature))
             add(C.llama_sampler_init_dist(params.seed))
-
-    def accept(self, tokens: Sequence[int]) -> None:
-        """Show the sampler tokens it did not pick (the prompt), for penalties."""
-        for tok in tokens:
-            C.llama_sampler_accept(self._ptr, tok)
 
     def sample(self, context: Context) -> int:
         return int(C.llama_sampler_sample(self._ptr, context._ptr, -1))

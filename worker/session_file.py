@@ -57,7 +57,7 @@ class Header(msgspec.Struct, kw_only=True):
     kv_sha256: str
 
 
-def write(path: Path, header: Header, kv: bytes) -> int:
+def write(path: Path, header: Header, kv: bytes | bytearray) -> int:
     """Write atomically; return the file's size."""
     body = msgspec.json.encode(header)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -76,11 +76,11 @@ def write(path: Path, header: Header, kv: bytes) -> int:
     return len(MAGIC) + _LEN.size + len(body) + len(kv)
 
 
-def read(path: Path) -> tuple[Header, bytes]:
+def read(path: Path) -> tuple[Header, bytearray]:
     """Read and verify a file's integrity (not yet whether it fits the model)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = bytearray(f.read())
     except FileNotFoundError:
         raise SessionFileError(f"no such file: {path}") from None
     except IsADirectoryError:
@@ -99,11 +99,12 @@ def read(path: Path) -> tuple[Header, bytes]:
     if size > MAX_HEADER_BYTES or len(data) < pos + size:
         raise SessionFileError(f"{path} is truncated or damaged (header of {size} bytes)")
     try:
-        header = msgspec.json.decode(data[pos : pos + size], type=Header)
+        header = msgspec.json.decode(bytes(data[pos : pos + size]), type=Header)
     except msgspec.DecodeError as exc:
         raise SessionFileError(f"{path} has a damaged header: {exc}") from None
     pos += size
-    kv = data[pos:]
+    del data[:pos]
+    kv = data
     if len(kv) != header.kv_bytes:
         raise SessionFileError(f"{path} is truncated or damaged: {len(kv)} bytes of KV state, {header.kv_bytes} expected")
     if hashlib.sha256(kv).hexdigest() != header.kv_sha256:
@@ -130,5 +131,5 @@ def check_compatible(header: Header, path: Path, model: dict[str, object], layou
         )
 
 
-def digest(kv: bytes) -> str:
+def digest(kv: bytes | bytearray) -> str:
     return hashlib.sha256(kv).hexdigest()

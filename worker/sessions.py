@@ -41,7 +41,8 @@ class KvSnapshot:
     """The KV state of `tokens`, as `Context.save_state` returned it."""
 
     tokens: tuple[int, ...]
-    data: bytes
+    data: bytes | bytearray
+    """Never written to after creation (a bytearray only so it can be handed to C without a copy)."""
 
     @property
     def nbytes(self) -> int:
@@ -70,6 +71,14 @@ class SessionStore:
             if session is None:
                 session = self._sessions[name] = ChatSession(system_prompt=self._default_system_prompt)
             return session
+
+    def peek(self, name: str) -> ChatSession:
+        """A copy of session `name` as it stands (a new one's defaults if it does not exist yet)."""
+        with self.lock:
+            session = self._sessions.get(name)
+            if session is None:
+                return ChatSession(system_prompt=self._default_system_prompt)
+            return ChatSession(system_prompt=session.system_prompt, history=[dict(m) for m in session.history])
 
     def replace(self, name: str, session: ChatSession, n_tokens: int) -> None:
         with self.lock:
