@@ -16,6 +16,13 @@ from .errors import RETRYABLE_CODES, ErrorCode, ProtocolError, is_retryable
 from .framing import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, FrameDecoder, frame
 from .messages import (
     DEFAULT_SESSION,
+    Count,
+    Detokenize,
+    ResponseFormat,
+    Text,
+    TokenCount,
+    Tokenize,
+    Tokens,
     PROTOCOL_VERSION,
     CloseSession,
     Preload,
@@ -58,6 +65,13 @@ from .messages import (
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_SESSION",
+    "Count",
+    "Detokenize",
+    "ResponseFormat",
+    "Text",
+    "TokenCount",
+    "Tokenize",
+    "Tokens",
     "CloseSession",
     "Preload",
     "Preloaded",

@@ -11,7 +11,7 @@ what lets either side add fields without breaking the other.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta
@@ -88,6 +88,14 @@ class ChatMessage(msgspec.Struct, kw_only=True):
     content: str
 
 
+class ResponseFormat(msgspec.Struct, kw_only=True):
+    """Constrains a reply to JSON: any JSON object, or JSON valid against a schema."""
+
+    type: Literal["json", "json_schema"]
+    schema: dict[str, Any] | None = None
+    """With "json_schema": the JSON Schema the reply must satisfy (local `$ref`s allowed, no recursion)."""
+
+
 class Generate(_Message, tag="generate", kw_only=True):
     """Generate a reply (chat mode) or a continuation (completion mode)."""
 
@@ -111,6 +119,8 @@ class Generate(_Message, tag="generate", kw_only=True):
     """"completion": continue raw text without a chat template; the session is left alone."""
     session: SessionId = DEFAULT_SESSION
     """The chat session this turn belongs to (chat mode)."""
+    response_format: ResponseFormat | None = None
+    """Constrain the reply with a grammar built from this (built once per schema, then reused)."""
 
 
 class Abort(_Message, tag="abort", kw_only=True):
@@ -139,6 +149,33 @@ class Preload(_Message, tag="preload", kw_only=True):
     """As `generate.input`."""
     max_tokens: Annotated[int, Meta(ge=1)] = 512
     """The `max_tokens` the coming `generate` will use: history is trimmed the same way."""
+
+
+class Tokenize(_Message, tag="tokenize", kw_only=True):
+    """Turn text into the model's token ids. Answered beside a running job, never `busy`."""
+
+    id: RequestId
+    text: str
+    special: bool = False
+    """Parse special-token text (such as "<|im_start|>") as those tokens, and add BOS as the model does."""
+
+
+class Detokenize(_Message, tag="detokenize", kw_only=True):
+    """Turn token ids back into text. Answered beside a running job, never `busy`."""
+
+    id: RequestId
+    ids: list[Annotated[int, Meta(ge=0)]]
+    special: bool = False
+    """Render special tokens (BOS, end of turn...) as their text instead of nothing."""
+
+
+class Count(_Message, tag="count", kw_only=True):
+    """Count the prompt tokens a `generate` of this input would evaluate, before any trimming. Answered beside a running job, never `busy`."""
+
+    id: RequestId
+    session: SessionId = DEFAULT_SESSION
+    input: Union[str, list[ChatMessage], None] = None
+    """As `generate.input`. Omitted: the session's conversation as it stands (no new turn)."""
 
 
 class Sessions(_Message, tag="sessions", kw_only=True):
@@ -182,7 +219,9 @@ class Cleanup(_Message, tag="cleanup", kw_only=True):
     id: RequestId
 
 
-Request = Union[Init, Load, Generate, Abort, Reset, Ping, Cleanup, Preload, Sessions, CloseSession, SaveSession, RestoreSession]
+Request = Union[
+    Init, Load, Generate, Abort, Reset, Ping, Cleanup, Preload, Sessions, CloseSession, SaveSession, RestoreSession, Tokenize, Detokenize, Count
+]
 
 # --------------------------------------------------------------------------
 # worker -> host
@@ -224,6 +263,12 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     """"merged": the template cannot show a system message, so it is prepended to the first user turn."""
     session_cache_bytes: int = 0
     """The RAM budget for inactive sessions' KV state, as in effect."""
+    backends: list[str] = []
+    """Compute backends the llama.cpp build has, such as ["CPU"] or ["CUDA", "CPU"]."""
+    n_layer: int = 0
+    """Layers of the model."""
+    gpu_layers_offloaded: int = 0
+    """Layers actually on a GPU (0 when the build cannot offload, whatever was asked)."""
 
 
 class Loaded(_Message, tag="loaded", kw_only=True):
@@ -268,6 +313,8 @@ class Done(_Message, tag="done", kw_only=True):
     """Oldest messages dropped from the history so that it fits the context."""
     seed: int | None = None
     """The seed used for sampling (null for greedy decoding)."""
+    incomplete: bool = False
+    """With `response_format`: the reply stopped before its JSON was complete (max_tokens, abort, a stop sequence)."""
 
 
 class Ok(_Message, tag="ok", kw_only=True):
@@ -283,6 +330,31 @@ class Error(_Message, tag="error", kw_only=True):
     code: ErrorCode
     message: str
     retryable: bool
+
+
+class Tokens(_Message, tag="tokens", kw_only=True):
+    """Reply to `tokenize`."""
+
+    id: RequestId
+    ids: list[int]
+    count: int
+
+
+class Text(_Message, tag="text", kw_only=True):
+    """Reply to `detokenize`."""
+
+    id: RequestId
+    text: str
+
+
+class TokenCount(_Message, tag="token_count", kw_only=True):
+    """Reply to `count`."""
+
+    id: RequestId
+    session: str
+    tokens: int
+    """Prompt tokens, template and BOS included, before trimming."""
+    n_ctx: int
 
 
 class SessionInfo(msgspec.Struct, kw_only=True):
@@ -349,7 +421,7 @@ class Log(_Message, tag="log", kw_only=True):
     message: str
 
 
-Reply = Union[Ready, Progress, Loaded, Chunk, Done, Ok, Pong, Error, Log, SessionList, Preloaded, Saved, Restored]
+Reply = Union[Ready, Progress, Loaded, Chunk, Done, Ok, Pong, Error, Log, SessionList, Preloaded, Saved, Restored, Tokens, Text, TokenCount]
 
 #: Tags of each direction, for telling an unknown `type` from a malformed one.
 REQUEST_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Request.__args__)  # type: ignore[attr-defined]

@@ -59,6 +59,13 @@ from protocol import (
     SessionInfo,
     SessionList,
     Sessions,
+    Count,
+    Detokenize,
+    ResponseFormat,
+    Text,
+    TokenCount,
+    Tokenize,
+    Tokens,
     Timings,
     Usage,
     decode_reply,
@@ -113,6 +120,7 @@ REQUEST_SAMPLES: list[Any] = [
         seed=0xFFFFFFFE,
         mode="completion",
         session="notes ✓",
+        response_format=ResponseFormat(type="json_schema", schema={"type": "object", "properties": {"a": {"type": "integer"}}}),
     ),
     Generate(id=-1, input="plain string input", max_tokens=1, temperature=1.5, top_p=1.0, stop=["x"], seed=0),
     Abort(id=4, target="g-3"),
@@ -125,6 +133,10 @@ REQUEST_SAMPLES: list[Any] = [
     CloseSession(id=11, session="notes"),
     SaveSession(id=12, session="notes", path="~/x.session"),
     RestoreSession(id=13, session="notes", path="/tmp/x.session"),
+    Tokenize(id=14, text="Hello ✓ <|im_start|>", special=True),
+    Detokenize(id=15, ids=[1, 2, 3], special=True),
+    Count(id=16, session="notes", input="And then?"),
+    Count(id=17, input=[ChatMessage(role="user", content="Hi")]),
     Ping(id=0),
     Ping(id="ping-🦙"),
     Cleanup(id="c"),
@@ -145,6 +157,9 @@ MODEL_INFO = ModelInfo(
     use_extra_bufts=False,
     system_prompt_mode="merged",
     session_cache_bytes=123456,
+    backends=["CUDA", "CPU"],
+    n_layer=30,
+    gpu_layers_offloaded=31,
 )
 
 SESSION_INFO = SessionInfo(session="notes", messages=4, tokens=131, kv_cached=True, active=False, kv_bytes=3_000_000, system_prompt="Be brief.")
@@ -170,6 +185,7 @@ REPLY_SAMPLES: list[Any] = [
         timings=Timings(ttft_ms=1.5, total_ms=20.25, tokens_per_second=33.3, prompt_ms=0.75),
         truncated_messages=2,
         seed=123,
+        incomplete=True,
     ),
     Ok(id=4),
     Pong(id="ping-🦙"),
@@ -180,6 +196,9 @@ REPLY_SAMPLES: list[Any] = [
     Preloaded(id=8, session="notes", prompt_tokens=40, cached_tokens=30, complete=False),
     Saved(id=12, path="/root/x.session", bytes=4_000_000, session=SESSION_INFO),
     Restored(id=13, session=SESSION_INFO, history=[ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello")]),
+    Tokens(id=14, ids=[1, 2, 3], count=3),
+    Text(id=15, text="Hello ✓"),
+    TokenCount(id=16, session="notes", tokens=212, n_ctx=4096),
 ]
 
 

@@ -83,6 +83,7 @@ def generate(
     emit: Callable[[str], None],
     should_abort: Callable[[], bool],
     started_at: float,
+    grammar: object | None = None,
 ) -> Outcome:
     """Evaluate `prompt` (reusing the cache) and stream up to `max_tokens` tokens."""
     t_prompt = time.perf_counter()
@@ -110,8 +111,8 @@ def generate(
 
     is_eog = model.is_eog
     piece = model.piece
-    with Sampler(model, sampling) as sampler:
-        sampler.accept(prompt[-max(sampling.repeat_last_n, 0) :] if sampling.repeat_last_n else ())
+    history = prompt[-max(sampling.repeat_last_n, 0) :] if sampling.repeat_last_n else ()
+    with Sampler(model, sampling, history, grammar) as sampler:  # type: ignore[arg-type]
         while True:
             if should_abort():
                 reason = "aborted"

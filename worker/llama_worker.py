@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,9 @@ from .llama_backend import (
     Model,
     ModelParams,
     SamplingParams,
+    backends,
     cpu_has_amx,
+    supports_gpu_offload,
     initialize_backend,
     usable_cores,
 )
@@ -51,6 +54,7 @@ from . import session_file
 from .session import ChatSession, Message, Turn, fit_to_context
 from .session_file import SessionFileError
 from .sessions import KvSnapshot, SessionStore, default_cache_budget
+from .structured import StructuredOutputError, grammar_for, is_complete_json
 
 DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 512
@@ -72,6 +76,8 @@ CAPABILITIES = [
     "sessions",
     "preload",
     "session_files",
+    "structured_output",
+    "tokenize",
 ]
 
 Abort = Callable[[], bool]
@@ -100,6 +106,10 @@ class LlamaWorker:
     def __init__(self) -> None:
         self._loaded: _Loaded | None = None
         self._initialized = False
+        # Held while a model is swapped or freed, and by the token-counting
+        # requests that run beside the model thread, so they never touch a
+        # freed vocabulary.
+        self._guard = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -205,6 +215,9 @@ class LlamaWorker:
                 use_extra_bufts=use_extra_bufts,
                 system_prompt_mode="merged" if formatter.merge_system else "native",
                 session_cache_bytes=cache_budget,
+                backends=backends(),
+                n_layer=model.n_layer,
+                gpu_layers_offloaded=gpu_layers_offloaded(n_gpu_layers, model.n_layer),
             )
             fingerprint = model.fingerprint(meta, info.size_bytes)
         except BaseException:
@@ -214,8 +227,9 @@ class LlamaWorker:
             raise
         seeds: random.Random = random.Random(options.seed) if options.seed is not None else random.SystemRandom()
         sessions = SessionStore(options.system_prompt or None, cache_budget)
-        self._free()
-        self._loaded = _Loaded(model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds, sessions, fingerprint)
+        with self._guard:
+            self._free()
+            self._loaded = _Loaded(model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds, sessions, fingerprint)
         progress(1.0)
         return info
 
@@ -232,7 +246,8 @@ class LlamaWorker:
 
     def cleanup(self) -> None:
         """Free the sessions, context and model; the worker can load again."""
-        self._free()
+        with self._guard:
+            self._free()
 
     def _free(self) -> None:
         if self._loaded is not None:
@@ -267,6 +282,7 @@ class LlamaWorker:
         else:
             session = loaded.sessions.get(request.session)
             turn, prompt = self._turn_prompt(session, request.input, request.max_tokens)
+        grammar = self._grammar(request.response_format) if request.response_format is not None else None
         self._activate(session_name)
         seed = request.seed if request.seed is not None else loaded.seeds.randrange(0, 0xFFFFFFFF)
         greedy = request.temperature <= 0.0
@@ -291,6 +307,7 @@ class LlamaWorker:
                 on_chunk,
                 should_abort,
                 started_at,
+                grammar,
             )
         except LlamaError as exc:
             raise WorkerError(ErrorCode.GENERATION_FAILED, f"generation failed: {exc}") from None
@@ -318,7 +335,18 @@ class LlamaWorker:
             ),
             truncated_messages=turn.truncated if turn is not None else 0,
             seed=None if greedy else seed,
+            incomplete=grammar is not None and outcome.stop_reason != "eos" and not is_complete_json(outcome.text),
         )
+
+    def _grammar(self, fmt: protocol.ResponseFormat) -> object:
+        """The model's grammar sampler prototype for a response format (built once, then cached)."""
+        loaded = self._require_loaded()
+        try:
+            return loaded.model.grammar(grammar_for(fmt.type, fmt.schema))
+        except StructuredOutputError as exc:
+            raise WorkerError.invalid(str(exc)) from None
+        except LlamaError as exc:
+            raise WorkerError.invalid(f"response_format.schema: llama.cpp refused the grammar built from it: {exc}") from None
 
     def _turn_prompt(self, session: ChatSession, user_input: str | list[protocol.ChatMessage], max_tokens: int) -> tuple[Turn, list[int]]:
         """The turn a generate (or preload) of `user_input` renders, and its prompt tokens."""
@@ -490,12 +518,48 @@ class LlamaWorker:
             tokens.insert(0, model.bos)
         return tokens
 
+    # -- token counting (any thread: these never touch the context) ---------
+
+    def tokenize(self, request: protocol.Tokenize) -> protocol.Tokens:
+        with self._guard:
+            model = self._require_loaded().model
+            ids = model.tokenize(request.text, add_special=request.special and model.add_bos, parse_special=request.special)
+        return protocol.Tokens(id=request.id, ids=ids, count=len(ids))
+
+    def detokenize(self, request: protocol.Detokenize) -> protocol.Text:
+        with self._guard:
+            try:
+                text = self._require_loaded().model.detokenize(request.ids, render_special=request.special)
+            except ValueError as exc:
+                raise WorkerError.invalid(f"ids: {exc}") from None
+        return protocol.Text(id=request.id, text=text)
+
+    def count(self, request: protocol.Count) -> protocol.TokenCount:
+        """Prompt tokens of a generate of `input` in `session`, before trimming (no session is created)."""
+        with self._guard:
+            loaded = self._require_loaded()
+            session = loaded.sessions.peek(request.session)
+            if request.input is None:
+                messages = Turn(session.system_prompt, session.history).messages()
+                tokens = self._render_tokens(messages, add_generation_prompt=False) if messages else []
+            else:
+                wire = request.input if isinstance(request.input, str) else [{"role": m.role, "content": m.content} for m in request.input]
+                tokens = self._render_tokens(session.next_turn(wire).messages())
+            return protocol.TokenCount(id=request.id, session=request.session, tokens=len(tokens), n_ctx=loaded.context.n_ctx)
+
     # -- introspection for tests and benchmarks ---------------------------
 
     @property
     def session(self) -> ChatSession | None:
         """The default session (None before a load)."""
         return self._loaded.sessions.get(protocol.DEFAULT_SESSION) if self._loaded else None
+
+
+def gpu_layers_offloaded(requested: int, n_layer: int) -> int:
+    """Layers llama.cpp puts on a GPU for `n_gpu_layers` (the output layer counts as one more)."""
+    if requested == 0 or not supports_gpu_offload():
+        return 0
+    return n_layer + 1 if requested < 0 else min(requested, n_layer + 1)
 
 
 def _check_gguf_file(path: Path) -> None:

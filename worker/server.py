@@ -30,6 +30,9 @@ from protocol import (
     Abort,
     Cleanup,
     CloseSession,
+    Count,
+    Detokenize,
+    Tokenize,
     Preload,
     RestoreSession,
     SaveSession,
@@ -122,6 +125,7 @@ class WorkerServer:
         self._max_frame_size = max_frame_size
         self._log_handler = log_handler
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._aux: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._active: _Job | None = None
         self._cleanups_pending = 0
@@ -141,6 +145,7 @@ class WorkerServer:
         reader = threading.Thread(target=self._read_loop, name="frame-reader", daemon=True)
         reader.start()
         threading.Thread(target=self._watch_writer, name="pipe-watch", daemon=True).start()
+        threading.Thread(target=self._aux_loop, name="token-counter", daemon=True).start()
         while True:
             item = self._jobs.get()
             if item is _STOP:
@@ -220,6 +225,9 @@ class WorkerServer:
             return
         if not self._initialized:
             self._send_error(msg.id, ErrorCode.NOT_INITIALIZED, "send `init` before any other request")
+            return
+        if isinstance(msg, (Tokenize, Detokenize, Count)):
+            self._aux.put(msg)  # beside the model thread: never busy, never in a generation's way
             return
         if isinstance(msg, Sessions):
             try:
@@ -318,6 +326,19 @@ class WorkerServer:
             elif self._active is job:
                 self._active = None
         self._writer.send(reply)
+
+    def _aux_loop(self) -> None:
+        """Token counting requests, in order, on their own thread (they only read the vocabulary)."""
+        handlers = {Tokenize: self._worker.tokenize, Detokenize: self._worker.detokenize, Count: self._worker.count}
+        while True:
+            msg = self._aux.get()
+            try:
+                self._writer.send(handlers[type(msg)](msg))  # type: ignore[index, operator]
+            except WorkerError as exc:
+                self._send_error(msg.id, exc.code, exc.message)
+            except Exception as exc:  # noqa: BLE001 - report, keep serving
+                log.exception("internal error in %s %r", msg.__struct_config__.tag, msg.id)
+                self._send_error(msg.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
     def _idle(self) -> None:
         """Work worth doing while no request waits (it must stay short: a request may arrive)."""
