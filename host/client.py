@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -32,9 +32,27 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import protocol
-from protocol import DEFAULT_SESSION, ChatMessage, Chunk, Done, Error, Loaded, ModelInfo, Preloaded, Progress, Ready, Restored, Saved, SessionInfo, SessionList
+from protocol import (
+    DEFAULT_SESSION,
+    ChatMessage,
+    Chunk,
+    Done,
+    Error,
+    Loaded,
+    ModelInfo,
+    Preloaded,
+    Progress,
+    Ready,
+    ResponseFormat,
+    Restored,
+    Saved,
+    SessionInfo,
+    SessionList,
+    TokenCount,
+    Tokens,
+)
 
-from .exceptions import Aborted, LlamaWorkerError, WorkerCrashed, WorkerTimeout, error_from_frame
+from .exceptions import Aborted, IncompleteOutput, LlamaWorkerError, WorkerCrashed, WorkerTimeout, error_from_frame
 
 log = logging.getLogger("llama_worker.host")
 
@@ -43,6 +61,29 @@ ChatInput = str | Sequence[Message] | Sequence[ChatMessage]
 Result = Done
 
 PARENT_ENV_VAR = "LLAMA_WORKER_PARENT_PID"
+
+T = TypeVar("T")
+
+
+def response_format(value: Any) -> ResponseFormat | None:
+    """What `generate(response_format=...)` accepts, as the wire's `ResponseFormat`.
+
+    None; "json" (any JSON object); a `ResponseFormat`; a dict with "type"
+    ("json" or "json_schema", plus "schema"); a bare JSON Schema dict; or a
+    type msgspec can describe (a `msgspec.Struct`, a dataclass, a TypedDict...),
+    whose JSON Schema is generated.
+    """
+    if value is None or isinstance(value, ResponseFormat):
+        return value
+    if value == "json":
+        return ResponseFormat(type="json")
+    if isinstance(value, Mapping):
+        if value.get("type") in ("json", "json_schema") and set(value) <= {"type", "schema"}:
+            return msgspec.convert(dict(value), ResponseFormat)
+        return ResponseFormat(type="json_schema", schema=dict(value))
+    if isinstance(value, type) or hasattr(value, "__origin__"):
+        return ResponseFormat(type="json_schema", schema=msgspec.json.schema(value))
+    raise TypeError(f"response_format: expected 'json', a JSON Schema dict or a type, not {value!r}")
 
 
 def default_worker_command() -> list[str]:
@@ -540,6 +581,8 @@ class AsyncClient:
         # (the whole conversation, to restore it on the new worker).
         wp = await self._process()
         wire_input = self._wire_input(input, options.get("mode", "chat"), options.get("session", DEFAULT_SESSION))
+        if "response_format" in options:
+            options["response_format"] = response_format(options["response_format"])
         request = protocol.Generate(id=self._next_id(), input=wire_input, **options)
         waiter = await self._open(request, wp)
         return Generation(self, request, waiter)
@@ -552,6 +595,32 @@ class AsyncClient:
                     on_chunk(text)
         assert stream.result is not None
         return stream.result
+
+    async def chat_as(self, input: ChatInput, type: type[T], **options: Any) -> T:
+        """One turn whose reply is JSON constrained to `type`'s schema, decoded into `type`.
+
+        Raises `IncompleteOutput` (with `.result`) when the reply ended before
+        its JSON was complete (raise `max_tokens`), and msgspec's
+        `ValidationError` if it breaks a rule the grammar cannot express.
+        """
+        result = await self.chat(input, response_format=type, **options)
+        if result.incomplete:
+            raise IncompleteOutput(f"the reply ended ({result.stop_reason}) before its JSON was complete", result=result)
+        return msgspec.json.decode(result.text, type=type)
+
+    async def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """The model's token ids for `text` (answered even while a generation runs)."""
+        reply: Tokens = await self._call(protocol.Tokenize(id=self._next_id(), text=text, special=special))
+        return reply.ids
+
+    async def detokenize(self, ids: Sequence[int], *, special: bool = False) -> str:
+        reply = await self._call(protocol.Detokenize(id=self._next_id(), ids=list(ids), special=special))
+        return reply.text
+
+    async def count_tokens(self, input: ChatInput | None = None, *, session: str = DEFAULT_SESSION) -> TokenCount:
+        """Prompt tokens a `generate` of `input` would evaluate in `session` (None: its conversation so far)."""
+        wire = None if input is None else self._wire_input(input, "chat", session)
+        return await self._call(protocol.Count(id=self._next_id(), session=session, input=wire))
 
     async def abort(self, target: int | str | None = None) -> None:
         """Stop `target` (a request id), or whatever runs."""
@@ -664,6 +733,12 @@ class Session:
 
     async def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
         return await self.client.chat(input, on_chunk=on_chunk, session=self.name, **options)
+
+    async def chat_as(self, input: ChatInput, type: type[T], **options: Any) -> T:
+        return await self.client.chat_as(input, type, session=self.name, **options)
+
+    async def count_tokens(self, input: ChatInput | None = None) -> TokenCount:
+        return await self.client.count_tokens(input, session=self.name)
 
     async def reset(self, system_prompt: str | None = None) -> None:
         await self.client.reset(system_prompt, session=self.name)

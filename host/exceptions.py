@@ -81,6 +81,16 @@ class InternalError(LlamaWorkerError):
     pass
 
 
+class IncompleteOutput(LlamaWorkerError):
+    """A structured reply stopped before its JSON was complete; `.result` holds what came."""
+
+    code = "incomplete_output"
+
+    def __init__(self, message: str, *, result: object) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class SessionFileError(LlamaWorkerError):
     """A saved session cannot be restored: damaged or missing (`bad_session_file`),
     or made with another model or KV layout (`session_mismatch`)."""

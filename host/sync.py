@@ -14,9 +14,14 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from protocol import DEFAULT_SESSION, Done, ModelInfo, Preloaded, Saved, SessionInfo, SessionList
+from collections.abc import Sequence
+from typing import TypeVar
+
+from protocol import DEFAULT_SESSION, Done, ModelInfo, Preloaded, Saved, SessionInfo, SessionList, TokenCount
 
 from .client import AsyncClient, ChatInput, Generation, Session
+
+T = TypeVar("T")
 
 
 class SyncGeneration:
@@ -111,6 +116,18 @@ class Client:
         assert stream.result is not None
         return stream.result
 
+    def chat_as(self, input: ChatInput, type: type[T], **options: Any) -> T:
+        return self._call(self._async.chat_as, input, type, **options)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self._call(self._async.tokenize, text, special=special)
+
+    def detokenize(self, ids: Sequence[int], *, special: bool = False) -> str:
+        return self._call(self._async.detokenize, ids, special=special)
+
+    def count_tokens(self, input: ChatInput | None = None, *, session: str = DEFAULT_SESSION) -> TokenCount:
+        return self._call(self._async.count_tokens, input, session=session)
+
     def abort(self, target: int | str | None = None) -> None:
         self._call(self._async.abort, target)
 
@@ -174,6 +191,12 @@ class SyncSession:
 
     def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
         return self._client.chat(input, on_chunk=on_chunk, session=self.name, **options)
+
+    def chat_as(self, input: ChatInput, type: type[T], **options: Any) -> T:
+        return self._client.chat_as(input, type, session=self.name, **options)
+
+    def count_tokens(self, input: ChatInput | None = None) -> TokenCount:
+        return self._client.count_tokens(input, session=self.name)
 
     def reset(self, system_prompt: str | None = None) -> None:
         self._client.reset(system_prompt, session=self.name)
