@@ -14,6 +14,7 @@ import { performance } from 'node:perf_hooks';
 import {
   BadRequestError,
   ClientClosedError,
+  IncompleteOutputError,
   LlamaWorkerError,
   ProtocolMismatchError,
   ProtocolViolationError,
@@ -22,7 +23,18 @@ import {
   errorFromFrame,
 } from './errors.js';
 import { DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encodeFrame } from './framing.js';
-import { GENERATE_FIELDS, LOAD_FIELDS, PRELOAD_FIELDS, RESET_FIELDS, toWireFields, toWireInput } from './options.js';
+import {
+  COUNT_FIELDS,
+  DETOKENIZE_FIELDS,
+  GENERATE_FIELDS,
+  LOAD_FIELDS,
+  PRELOAD_FIELDS,
+  RESET_FIELDS,
+  TOKENIZE_FIELDS,
+  toResponseFormat,
+  toWireFields,
+  toWireInput,
+} from './options.js';
 
 export const PROTOCOL_VERSION = 1;
 export const PARENT_ENV_VAR = 'LLAMA_WORKER_PARENT_PID';
@@ -30,7 +42,7 @@ export const PARENT_ENV_VAR = 'LLAMA_WORKER_PARENT_PID';
 export const DEFAULT_SESSION = 'default';
 
 /** Worker message types that end a request; `chunk` and `progress` are events. */
-const TERMINAL_TYPES = new Set(['ready', 'loaded', 'done', 'ok', 'pong', 'error', 'session_list', 'preloaded', 'saved', 'restored']);
+const TERMINAL_TYPES = new Set(['ready', 'loaded', 'done', 'ok', 'pong', 'error', 'session_list', 'preloaded', 'saved', 'restored', 'tokens', 'text', 'token_count']);
 const EVENT_TYPES = new Set(['chunk', 'progress']);
 
 /** After stdout closes (or the process exits), how long to wait for the rest before failing calls. */
@@ -632,6 +644,9 @@ export class LlamaWorkerClient extends EventEmitter {
    * Breaking out of the loop, or aborting `signal`, aborts the generation on
    * the worker; it then ends with `stop_reason` "aborted" (not an error).
    * `options.session` names the chat session of the turn (default "default").
+   * `options.responseFormat` constrains the reply to JSON: "json" (any JSON
+   * object), a JSON Schema object, or the wire's {type, schema}; `done.incomplete`
+   * then says whether the reply stopped before its JSON was complete.
    * @param {string | Array<{role: string, content: string}>} input
    * @param {import('./index.js').GenerateOptions} [options]
    * @param {{ signal?: AbortSignal }} [callOptions]
@@ -639,6 +654,7 @@ export class LlamaWorkerClient extends EventEmitter {
   generate(input, options = {}, { signal } = {}) {
     const fields = toWireFields(options, GENERATE_FIELDS, 'generate');
     if (typeof fields.stop === 'string') fields.stop = [fields.stop];
+    if (fields.response_format !== undefined) fields.response_format = toResponseFormat(fields.response_format);
     const message = { type: 'generate', input: toWireInput(input), ...fields };
     return new Generation(this, message, signal, this.#options.abortTimeout);
   }
@@ -653,6 +669,30 @@ export class LlamaWorkerClient extends EventEmitter {
     const stream = this.generate(input, options, { signal });
     for await (const text of stream) onChunk?.(text);
     return stream.result;
+  }
+
+  /**
+   * One turn whose reply is JSON, resolving with it parsed (JSON.parse).
+   * `options.responseFormat` as for generate() (default "json": any JSON
+   * object), typically a JSON Schema. Rejects with IncompleteOutputError
+   * (`.result`: the `done` message) when the reply stopped before its JSON
+   * was complete (raise `maxTokens`). The grammar does not enforce every
+   * schema keyword (PROTOCOL.md section 7.11): validate what matters.
+   * @param {string | Array<{role: string, content: string}>} input
+   * @param {import('./index.js').GenerateOptions} [options]
+   * @param {{ signal?: AbortSignal, onChunk?: (text: string) => void }} [callOptions]
+   */
+  async chatJson(input, options = {}, callOptions = {}) {
+    let withFormat = options;
+    if (options == null || (typeof options === 'object' && !Array.isArray(options) && options.responseFormat == null && options.response_format == null)) {
+      const { responseFormat: _camel, response_format: _wire, ...rest } = options ?? {};
+      withFormat = { ...rest, responseFormat: 'json' };
+    }
+    const result = await this.chat(input, withFormat, callOptions);
+    if (result.incomplete) {
+      throw new IncompleteOutputError(`the reply ended (${result.stop_reason}) before its JSON was complete`, { result });
+    }
+    return JSON.parse(result.text);
   }
 
   /**
@@ -705,6 +745,52 @@ export class LlamaWorkerClient extends EventEmitter {
       await reply;
     }
     this.model = null;
+  }
+
+  // -- tokens -----------------------------------------------------------------------
+
+  /**
+   * The model's token ids for `text`. `special`: parse special-token text
+   * ("<|im_start|>") as those tokens and add BOS when the model wants one.
+   * Answered on a thread of its own: never busy, also during a generation.
+   * @param {string} text
+   * @param {import('./index.js').TokenizeOptions} [options]
+   * @returns {Promise<number[]>}
+   */
+  async tokenize(text, options = {}) {
+    if (typeof text !== 'string') throw new TypeError('tokenize() takes a string');
+    const reply = await this.#call({ type: 'tokenize', text, ...toWireFields(options, TOKENIZE_FIELDS, 'tokenize') });
+    return reply.ids;
+  }
+
+  /**
+   * The text of token ids (`special`: render special tokens as their text
+   * instead of nothing). An id outside the vocabulary is a BadRequestError.
+   * Never busy, like tokenize().
+   * @param {Iterable<number>} ids
+   * @param {import('./index.js').DetokenizeOptions} [options]
+   * @returns {Promise<string>}
+   */
+  async detokenize(ids, options = {}) {
+    if (ids == null || typeof ids === 'string' || typeof ids[Symbol.iterator] !== 'function') {
+      throw new TypeError('detokenize() takes an array of token ids');
+    }
+    const reply = await this.#call({ type: 'detokenize', ids: Array.from(ids), ...toWireFields(options, DETOKENIZE_FIELDS, 'detokenize') });
+    return reply.text;
+  }
+
+  /**
+   * The prompt tokens a generate() of `input` would evaluate in a session
+   * (template and BOS included, before trimming): `usage.prompt_tokens` of
+   * that turn. `input` omitted or null: the session's conversation as it
+   * stands. Resolves with the `token_count` message ({session, tokens,
+   * n_ctx}); creates no session; never busy, like tokenize().
+   * @param {string | Array<{role: string, content: string}> | null} [input]
+   * @param {import('./index.js').CountOptions} [options]
+   */
+  async countTokens(input = null, options = {}) {
+    const fields = toWireFields(options, COUNT_FIELDS, 'countTokens');
+    return this.#call({ type: 'count', input: input === null ? null : toWireInput(input), ...fields });
   }
 
   // -- sessions -------------------------------------------------------------------
@@ -860,6 +946,16 @@ export class Session {
   /** As client.chat(), in this session. */
   chat(input, options = {}, callOptions = {}) {
     return this.client.chat(input, bindSession(options, this.name, 'chat'), callOptions);
+  }
+
+  /** As client.chatJson(), in this session. */
+  chatJson(input, options = {}, callOptions = {}) {
+    return this.client.chatJson(input, bindSession(options, this.name, 'chatJson'), callOptions);
+  }
+
+  /** As client.countTokens(), in this session (`input` omitted: the conversation as it stands). */
+  countTokens(input = null) {
+    return this.client.countTokens(input, { session: this.name });
   }
 
   /** As client.reset(): a string (or null) is the system prompt, or {systemPrompt}. */

@@ -98,6 +98,26 @@ export class SessionFileError extends LlamaWorkerError {
   static defaultCode = 'bad_session_file';
 }
 
+/**
+ * A structured reply (`responseFormat`) stopped before its JSON was complete
+ * (`done.incomplete`: max_tokens, aborted, context_full, a stop sequence);
+ * `result` is the `done` message. Raised by the client (chatJson()), never
+ * sent by the worker; not retryable as it is: raise `maxTokens`.
+ */
+export class IncompleteOutputError extends LlamaWorkerError {
+  static defaultCode = 'incomplete_output';
+
+  /**
+   * @param {string} message
+   * @param {{ result: object, cause?: unknown }} details
+   */
+  constructor(message, details) {
+    super(message, { cause: details.cause });
+    /** The `done` message of the cut-short reply (text, stop_reason, usage...). */
+    this.result = details.result;
+  }
+}
+
 /** The worker process died (or closed its output, or could not start) with requests pending. */
 export class WorkerCrashedError extends LlamaWorkerError {
   static defaultCode = 'worker_crashed';

@@ -5,6 +5,8 @@
 import { EventEmitter } from 'node:events';
 import type {
   ChatMessage,
+  Count,
+  Detokenize,
   Done,
   Error as ErrorFrame,
   ErrorCode,
@@ -16,10 +18,13 @@ import type {
   Preloaded,
   Ready,
   Reset,
+  ResponseFormat,
   Restored,
   Saved,
   SessionInfo,
   SessionList,
+  TokenCount,
+  Tokenize,
   WorkerMessage,
 } from './protocol.js';
 
@@ -110,6 +115,16 @@ export interface LoadOptions {
   session_cache_bytes?: Load['session_cache_bytes'];
 }
 
+/** A JSON Schema (an object; PROTOCOL.md section 7.11 lists what the worker's grammar supports). */
+export type JsonSchema = Record<string, unknown>;
+
+/**
+ * What generate()'s `responseFormat` accepts: the wire's ResponseFormat
+ * ({type: "json"} or {type: "json_schema", schema}), null (none), "json" (any
+ * JSON object), or a bare JSON Schema, sent as {type: "json_schema", schema}.
+ */
+export type ResponseFormatInput = ResponseFormat | null | 'json' | JsonSchema;
+
 /** generate() options: camelCase names or the wire names (snake_case). Unknown names throw a TypeError. */
 export interface GenerateOptions {
   /** Upper bound on completion tokens (worker default 512). */
@@ -125,11 +140,18 @@ export interface GenerateOptions {
   mode?: Generate['mode'];
   /** The chat session of this turn (default "default"); ignored in completion mode. */
   session?: Generate['session'];
+  /**
+   * Constrain the reply to JSON: "json" (any JSON object), a JSON Schema, or
+   * the wire's {type, schema}. `done.incomplete` then tells whether the reply
+   * stopped before its JSON was complete.
+   */
+  responseFormat?: Generate['response_format'] | ResponseFormatInput;
   max_tokens?: Generate['max_tokens'];
   top_p?: Generate['top_p'];
   top_k?: Generate['top_k'];
   min_p?: Generate['min_p'];
   repeat_penalty?: Generate['repeat_penalty'];
+  response_format?: Generate['response_format'] | ResponseFormatInput;
 }
 
 /** reset() options. */
@@ -148,6 +170,24 @@ export interface PreloadOptions {
   /** The session to preload (default "default"). */
   session?: Preload['session'];
   max_tokens?: Preload['max_tokens'];
+}
+
+/** tokenize() options. */
+export interface TokenizeOptions {
+  /** Parse special-token text ("<|im_start|>") as those tokens, and add BOS when the model wants one (default false). */
+  special?: Tokenize['special'];
+}
+
+/** detokenize() options. */
+export interface DetokenizeOptions {
+  /** Render special tokens as their text instead of nothing (default false). */
+  special?: Detokenize['special'];
+}
+
+/** countTokens() options. */
+export interface CountOptions {
+  /** The session whose conversation the input continues (default "default"). */
+  session?: Count['session'];
 }
 
 /** A chat message as accepted by generate() (extra properties are dropped). */
@@ -214,6 +254,22 @@ export declare class LlamaWorkerClient extends EventEmitter {
   generate(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal }): Generation;
   /** One turn, resolving with the final result. */
   chat(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<Done>;
+  /**
+   * One turn whose reply is JSON (`responseFormat`, default "json"), resolving
+   * with it parsed. Rejects with IncompleteOutputError when the reply stopped
+   * before its JSON was complete. The type parameter is not checked: validate
+   * what the grammar does not enforce.
+   */
+  chatJson<T = unknown>(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<T>;
+  /** The model's token ids for `text`; never busy, also during a generation. */
+  tokenize(text: string, options?: TokenizeOptions): Promise<number[]>;
+  /** The text of token ids; an id outside the vocabulary is a BadRequestError. Never busy. */
+  detokenize(ids: Iterable<number>, options?: DetokenizeOptions): Promise<string>;
+  /**
+   * The prompt tokens a generate() of `input` would evaluate (`usage.prompt_tokens`, before trimming);
+   * omitted/null: the session's conversation as it stands. Creates no session; never busy.
+   */
+  countTokens(input?: GenerateInput | null, options?: CountOptions): Promise<TokenCount>;
   /** Stop a request by id, or whatever job runs. Resolves on the worker's `ok`; a no-op once the worker is gone. */
   abort(target?: number | string | null): Promise<void>;
   /** Clear a session's chat history (optionally replacing its system prompt); the "default" session unless `session` says. */
@@ -254,6 +310,9 @@ export declare class Session {
   readonly name: string;
   generate(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal }): Generation;
   chat(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<Done>;
+  chatJson<T = unknown>(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<T>;
+  /** client.countTokens() in this session. */
+  countTokens(input?: GenerateInput | null): Promise<TokenCount>;
   reset(options?: string | null | ResetOptions): Promise<void>;
   preload(input: GenerateInput, options?: PreloadOptions, callOptions?: { signal?: AbortSignal }): Promise<Preloaded>;
   save(path: string): Promise<Saved>;
@@ -292,8 +351,8 @@ export declare class Generation implements AsyncIterableIterator<string> {
 
 export declare class LlamaWorkerError extends Error {
   constructor(message: string, options?: { code?: string; retryable?: boolean; requestId?: number | string | null; cause?: unknown });
-  /** A protocol ErrorCode, or one of the client's own: worker_crashed, timeout, closed, protocol_violation, not_started. */
-  code: ErrorCode | 'worker_crashed' | 'timeout' | 'closed' | 'protocol_violation' | 'not_started' | (string & {});
+  /** A protocol ErrorCode, or one of the client's own: worker_crashed, timeout, closed, protocol_violation, not_started, incomplete_output. */
+  code: ErrorCode | 'worker_crashed' | 'timeout' | 'closed' | 'protocol_violation' | 'not_started' | 'incomplete_output' | (string & {});
   /** True when sending the same request again later can succeed unchanged. */
   retryable: boolean;
   /** The id of the request the worker refused, when it came from an `error` frame. */
@@ -316,6 +375,12 @@ export declare class GenerationFailedError extends LlamaWorkerError {}
 export declare class InternalError extends LlamaWorkerError {}
 /** bad_session_file (missing, damaged, not a session file) or session_mismatch (another model or KV layout). */
 export declare class SessionFileError extends LlamaWorkerError {}
+/** incomplete_output: a structured reply stopped before its JSON was complete (chatJson()); raised by the client. */
+export declare class IncompleteOutputError extends LlamaWorkerError {
+  constructor(message: string, details: { result: Done; cause?: unknown });
+  /** The `done` message of the cut-short reply (`incomplete: true`). */
+  result: Done;
+}
 export declare class WorkerCrashedError extends LlamaWorkerError {
   constructor(message: string, details: { exitCode: number | null; signal: string | null; stderrTail: string; cause?: unknown });
   exitCode: number | null;
@@ -357,3 +422,8 @@ export declare const LOAD_FIELDS: Readonly<Record<string, string>>;
 export declare const GENERATE_FIELDS: Readonly<Record<string, string>>;
 export declare const RESET_FIELDS: Readonly<Record<string, string>>;
 export declare const PRELOAD_FIELDS: Readonly<Record<string, string>>;
+export declare const TOKENIZE_FIELDS: Readonly<Record<string, string>>;
+export declare const DETOKENIZE_FIELDS: Readonly<Record<string, string>>;
+export declare const COUNT_FIELDS: Readonly<Record<string, string>>;
+/** generate()'s `responseFormat` as the wire's ResponseFormat (the rules of host/client.py's response_format()). */
+export declare function toResponseFormat(value: ResponseFormatInput): ResponseFormat | null;

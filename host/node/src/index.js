@@ -15,6 +15,7 @@ export {
   GenerationFailedError,
   InternalError,
   SessionFileError,
+  IncompleteOutputError,
   WorkerCrashedError,
   WorkerTimeoutError,
   ClientClosedError,
@@ -23,4 +24,4 @@ export {
   errorClassForCode,
 } from './errors.js';
 export { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE } from './framing.js';
-export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS, PRELOAD_FIELDS } from './options.js';
+export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS, PRELOAD_FIELDS, TOKENIZE_FIELDS, DETOKENIZE_FIELDS, COUNT_FIELDS, toResponseFormat } from './options.js';

@@ -28,6 +28,7 @@ export const GENERATE_FIELDS = Object.freeze({
   seed: 'seed',
   mode: 'mode',
   session: 'session',
+  responseFormat: 'response_format',
 });
 
 /** reset(): camelCase option -> wire field of the `reset` message. */
@@ -39,6 +40,21 @@ export const RESET_FIELDS = Object.freeze({
 /** preload(): camelCase option -> wire field of the `preload` message (`input` is the first argument). */
 export const PRELOAD_FIELDS = Object.freeze({
   maxTokens: 'max_tokens',
+  session: 'session',
+});
+
+/** tokenize(): camelCase option -> wire field of the `tokenize` message (`text` is the first argument). */
+export const TOKENIZE_FIELDS = Object.freeze({
+  special: 'special',
+});
+
+/** detokenize(): camelCase option -> wire field of the `detokenize` message (`ids` is the first argument). */
+export const DETOKENIZE_FIELDS = Object.freeze({
+  special: 'special',
+});
+
+/** countTokens(): camelCase option -> wire field of the `count` message (`input` is the first argument). */
+export const COUNT_FIELDS = Object.freeze({
   session: 'session',
 });
 
@@ -92,4 +108,35 @@ export function toWireInput(input) {
     });
   }
   throw new TypeError('input must be a string or an array of {role, content} messages');
+}
+
+const RESPONSE_FORMAT_TYPES = new Set(['json', 'json_schema']);
+
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/**
+ * Normalise a generate `responseFormat` into the wire's ResponseFormat, with
+ * the rules of host/client.py's `response_format()`: null stays null
+ * (omitted); "json" is {type: "json"} (any JSON object); an object whose
+ * `type` is "json" or "json_schema" and whose keys are only type/schema is
+ * sent as it is; any other object is a bare JSON Schema, sent as
+ * {type: "json_schema", schema}.
+ * @param {unknown} value
+ */
+export function toResponseFormat(value) {
+  if (value === null) return null;
+  if (value === 'json') return { type: 'json' };
+  if (isPlainObject(value)) {
+    const keys = Object.keys(value);
+    if (RESPONSE_FORMAT_TYPES.has(value.type) && keys.every((k) => k === 'type' || k === 'schema')) {
+      if (value.schema !== undefined && value.schema !== null && !isPlainObject(value.schema)) {
+        throw new TypeError(`responseFormat.schema must be a JSON Schema object or null, not ${JSON.stringify(value.schema)}`);
+      }
+      return value.schema === undefined ? { type: value.type } : { type: value.type, schema: value.schema };
+    }
+    return { type: 'json_schema', schema: value };
+  }
+  throw new TypeError(`responseFormat: expected 'json', a JSON Schema object or {type, schema}, not ${JSON.stringify(value) ?? String(value)}`);
 }

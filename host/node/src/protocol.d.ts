@@ -42,6 +42,30 @@ export interface CloseSession {
   session: string;
 }
 
+/** Count the prompt tokens a `generate` of this input would evaluate, before any trimming. Answered beside a running job, never `busy`. */
+export interface Count {
+  type: "count";
+  id: number | string;
+  /** @default null */
+  input?: string | ChatMessage[] | null;
+  /**
+   * Chat session name
+   * Schema: minLength 1, maxLength 256.
+   * @default "default"
+   */
+  session?: string;
+}
+
+/** Turn token ids back into text. Answered beside a running job, never `busy`. */
+export interface Detokenize {
+  type: "detokenize";
+  id: number | string;
+  /** Schema: minimum 0. */
+  ids: number[];
+  /** @default false */
+  special?: boolean;
+}
+
 export interface Done {
   type: "done";
   id: number | string;
@@ -49,6 +73,8 @@ export interface Done {
   stop_reason: "aborted" | "context_full" | "eos" | "max_tokens" | "stop_sequence";
   usage: Usage;
   timings: Timings;
+  /** @default false */
+  incomplete?: boolean;
   /**
    * Schema: integer.
    * @default null
@@ -94,6 +120,8 @@ export interface Generate {
    * @default null
    */
   repeat_penalty?: number | null;
+  /** @default null */
+  response_format?: ResponseFormat | null;
   /**
    * Sampling seed (uint32, 0xFFFFFFFF excluded)
    * Schema: integer, minimum 0, maximum 4294967294.
@@ -213,13 +241,25 @@ export interface ModelInfo {
   /** Schema: integer. */
   n_ctx_train: number;
   chat_format: string;
+  /** @default [] */
+  backends?: string[];
   /** @default "gguf" */
   chat_format_source?: "detected" | "gguf" | "requested";
   /**
    * Schema: integer.
    * @default 0
    */
+  gpu_layers_offloaded?: number;
+  /**
+   * Schema: integer.
+   * @default 0
+   */
   n_gpu_layers?: number;
+  /**
+   * Schema: integer.
+   * @default 0
+   */
+  n_layer?: number;
   /**
    * Schema: integer.
    * @default 0
@@ -320,6 +360,13 @@ export interface Reset {
   system_prompt?: string | null;
 }
 
+/** Constrains a reply to JSON: any JSON object, or JSON valid against a schema. */
+export interface ResponseFormat {
+  type: "json" | "json_schema";
+  /** @default null */
+  schema?: Record<string, unknown> | null;
+}
+
 /** Replace a session with one saved by `save_session` (same model and KV layout). */
 export interface RestoreSession {
   type: "restore_session";
@@ -398,12 +445,48 @@ export interface Sessions {
   id: number | string;
 }
 
+/** Reply to `detokenize`. */
+export interface Text {
+  type: "text";
+  id: number | string;
+  text: string;
+}
+
 export interface Timings {
   ttft_ms: number;
   total_ms: number;
   tokens_per_second: number;
   /** @default 0 */
   prompt_ms?: number;
+}
+
+/** Reply to `count`. */
+export interface TokenCount {
+  type: "token_count";
+  id: number | string;
+  session: string;
+  /** Schema: integer. */
+  tokens: number;
+  /** Schema: integer. */
+  n_ctx: number;
+}
+
+/** Turn text into the model's token ids. Answered beside a running job, never `busy`. */
+export interface Tokenize {
+  type: "tokenize";
+  id: number | string;
+  text: string;
+  /** @default false */
+  special?: boolean;
+}
+
+/** Reply to `tokenize`. */
+export interface Tokens {
+  type: "tokens";
+  id: number | string;
+  ids: number[];
+  /** Schema: integer. */
+  count: number;
 }
 
 export interface Usage {
@@ -416,7 +499,7 @@ export interface Usage {
 }
 
 /** Every message a host sends (host -> worker). */
-export type HostMessage = Init | Load | Generate | Abort | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession;
+export type HostMessage = Init | Load | Generate | Abort | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession | Tokenize | Detokenize | Count;
 
 /** The `type` values of HostMessage. */
 export type HostMessageType = HostMessage['type'];
@@ -426,6 +509,8 @@ export interface HostMessageByType {
   abort: Abort;
   cleanup: Cleanup;
   close_session: CloseSession;
+  count: Count;
+  detokenize: Detokenize;
   generate: Generate;
   init: Init;
   load: Load;
@@ -435,10 +520,11 @@ export interface HostMessageByType {
   restore_session: RestoreSession;
   save_session: SaveSession;
   sessions: Sessions;
+  tokenize: Tokenize;
 }
 
 /** Every message a worker sends (worker -> host). */
-export type WorkerMessage = Ready | Progress | Loaded | Chunk | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored;
+export type WorkerMessage = Ready | Progress | Loaded | Chunk | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored | Tokens | Text | TokenCount;
 
 /** The `type` values of WorkerMessage. */
 export type WorkerMessageType = WorkerMessage['type'];
@@ -458,4 +544,7 @@ export interface WorkerMessageByType {
   restored: Restored;
   saved: Saved;
   session_list: SessionList;
+  text: Text;
+  token_count: TokenCount;
+  tokens: Tokens;
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 
-import { GENERATE_FIELDS, LOAD_FIELDS, PRELOAD_FIELDS, RESET_FIELDS } from '../src/options.js';
+import { COUNT_FIELDS, DETOKENIZE_FIELDS, GENERATE_FIELDS, LOAD_FIELDS, PRELOAD_FIELDS, RESET_FIELDS, TOKENIZE_FIELDS } from '../src/options.js';
 import { OUTPUT_PATH, SCHEMA_PATH, renderTypings } from '../scripts/gen-typings.js';
 
 const schema = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8'));
@@ -76,13 +76,16 @@ test('every message of HostMessage and WorkerMessage has the schema fields, requ
   assert.deepEqual(interfaces.Done.stop_reason.type.split(' | ').map((s) => JSON.parse(s)).sort(), [...defs.Done.properties.stop_reason.enum].sort());
 });
 
-test('load/generate/reset/preload accept every schema field, by its camelCase and its wire name', () => {
+test('load/generate/reset/preload/tokenize/detokenize/count accept every schema field, by its camelCase and its wire name', () => {
   const interfaces = parseInterfaces(indexDts);
   const cases = [
     ['Load', LOAD_FIELDS, 'LoadOptions', ['type', 'id']],
     ['Generate', GENERATE_FIELDS, 'GenerateOptions', ['type', 'id', 'input']],
     ['Reset', RESET_FIELDS, 'ResetOptions', ['type', 'id']],
     ['Preload', PRELOAD_FIELDS, 'PreloadOptions', ['type', 'id', 'input']],
+    ['Tokenize', TOKENIZE_FIELDS, 'TokenizeOptions', ['type', 'id', 'text']],
+    ['Detokenize', DETOKENIZE_FIELDS, 'DetokenizeOptions', ['type', 'id', 'ids']],
+    ['Count', COUNT_FIELDS, 'CountOptions', ['type', 'id', 'input']],
   ];
   for (const [message, table, optionsInterface, excluded] of cases) {
     const wireFields = Object.keys(defs[message].properties).filter((f) => !excluded.includes(f));
