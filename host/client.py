@@ -102,8 +102,6 @@ class _Mirror:
 
     system_prompt: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
-    #: True after a restart, until the conversation has been sent to the new worker.
-    restore: bool = False
 
 
 @dataclass
@@ -384,8 +382,11 @@ class AsyncClient:
             ready = await self._spawn()
             if self._load_options is not None:
                 await self.load(**self._load_options)
-                for mirror in mirrors.values():
-                    mirror.restore = bool(mirror.history) or mirror.system_prompt != (self._load_options.get("system_prompt") or None)
+                # Put every conversation back at once (nothing is evaluated until
+                # it is used), so that everything the new worker is asked sees it.
+                for name, mirror in mirrors.items():
+                    history = [ChatMessage(role=m["role"], content=m["content"]) for m in mirror.history]  # type: ignore[arg-type]
+                    await self._call(protocol.Reset(id=self._next_id(), session=name, system_prompt=mirror.system_prompt or "", history=history))
                 self._mirrors = mirrors
             return ready
 
@@ -577,10 +578,9 @@ class AsyncClient:
         {"role", "content"} messages). Options are the protocol's: max_tokens,
         temperature, top_p, stop, top_k, min_p, repeat_penalty, seed, mode.
         """
-        # Get the worker first: an automatic restart changes what must be sent
-        # (the whole conversation, to restore it on the new worker).
+        # Get the worker first: an automatic restart happens here, before anything is sent.
         wp = await self._process()
-        wire_input = self._wire_input(input, options.get("mode", "chat"), options.get("session", DEFAULT_SESSION))
+        wire_input = self._wire_input(input)
         if "response_format" in options:
             options["response_format"] = response_format(options["response_format"])
         request = protocol.Generate(id=self._next_id(), input=wire_input, **options)
@@ -619,7 +619,8 @@ class AsyncClient:
 
     async def count_tokens(self, input: ChatInput | None = None, *, session: str = DEFAULT_SESSION) -> TokenCount:
         """Prompt tokens a `generate` of `input` would evaluate in `session` (None: its conversation so far)."""
-        wire = None if input is None else self._wire_input(input, "chat", session)
+        await self._process()
+        wire = None if input is None else self._wire_input(input)
         return await self._call(protocol.Count(id=self._next_id(), session=session, input=wire))
 
     async def abort(self, target: int | str | None = None) -> None:
@@ -637,7 +638,6 @@ class AsyncClient:
         await self._call(protocol.Reset(id=self._next_id(), system_prompt=system_prompt, session=session))
         mirror = self._mirror(session)
         mirror.history = []
-        mirror.restore = False
         if system_prompt is not None:
             mirror.system_prompt = system_prompt or None
 
@@ -661,7 +661,8 @@ class AsyncClient:
         longer input then evaluates only what is new. Any later request
         interrupts it (the result then says `complete=False`).
         """
-        wire = self._wire_input(input, "chat", session)
+        await self._process()  # an automatic restart first: the conversation is back before we preload
+        wire = self._wire_input(input)
         return await self._call(protocol.Preload(id=self._next_id(), session=session, input=wire, max_tokens=max_tokens))
 
     async def close_session(self, session: str) -> None:
@@ -683,13 +684,9 @@ class AsyncClient:
 
     # -- conversation mirror --------------------------------------------------------
 
-    def _wire_input(self, input: ChatInput, mode: str, session: str = DEFAULT_SESSION) -> str | list[ChatMessage]:
+    @staticmethod
+    def _wire_input(input: ChatInput) -> str | list[ChatMessage]:
         if isinstance(input, str):
-            mirror = self._mirrors.get(session)
-            if mode == "chat" and mirror is not None and mirror.restore:
-                # The worker restarted: send the whole conversation once.
-                head = [ChatMessage(role="system", content=mirror.system_prompt or "")]
-                return [*head, *(ChatMessage(role=m["role"], content=m["content"]) for m in mirror.history), ChatMessage(role="user", content=input)]  # type: ignore[arg-type]
             return input
         return [m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"]) for m in input]  # type: ignore[arg-type]
 
@@ -708,7 +705,6 @@ class AsyncClient:
             history = messages
         history = history[done.truncated_messages :]
         mirror.history = [*history, {"role": "assistant", "content": done.text}]
-        mirror.restore = False
 
 
 class Session:

@@ -138,6 +138,8 @@ class Reset(_Message, tag="reset", kw_only=True):
     system_prompt: str | None = None
     """New system prompt. Omitted: keep the current one. Empty string: none."""
     session: SessionId = DEFAULT_SESSION
+    history: list[ChatMessage] | None = None
+    """The session's history from now on (user and assistant messages), instead of an empty one; nothing is generated."""
 
 
 class Preload(_Message, tag="preload", kw_only=True):

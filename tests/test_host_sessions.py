@@ -90,6 +90,11 @@ async def test_auto_restart_restores_every_session() -> None:
             await worker.gone.wait()  # the client noticed the death
         assert not pid_alive(pid) and not client.alive
         with anyio.fail_after(TIMEOUT):
+            # The first call after the crash brings a new worker up with every conversation back,
+            # whatever the call: counting sees a's history before anything is generated.
+            counted = await a.count_tokens()
+        assert counted.tokens >= a1.usage.prompt_tokens + a1.usage.completion_tokens - 2
+        with anyio.fail_after(TIMEOUT):
             a2 = await a.chat("What is my name?", max_tokens=4, temperature=0)
             b2 = await b.chat("What is my name?", max_tokens=4, temperature=0)
         assert client.pid != pid

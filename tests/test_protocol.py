@@ -126,7 +126,7 @@ REQUEST_SAMPLES: list[Any] = [
     Abort(id=4, target="g-3"),
     Abort(id="a-5", target=3),
     Reset(id=6, system_prompt=""),
-    Reset(id=7, system_prompt="New persona", session="s2"),
+    Reset(id=7, system_prompt="New persona", session="s2", history=[ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello")]),
     Preload(id=8, session="notes", input="Summarise the meet", max_tokens=64),
     Preload(id="p-9", input=[ChatMessage(role="user", content="Hi")]),
     Sessions(id=10),

@@ -261,3 +261,52 @@ def test_a_session_saved_without_kv_in_memory_is_evaluated_first(raw_worker: Raw
     assert saved.session.tokens > 20 and saved.session.active
     restored = request(w, P.RestoreSession, P.Restored, session="c", path=str(tmp_path / "a.session"))
     assert restored.session.tokens == saved.session.tokens
+
+
+def test_reset_can_set_a_history_without_generating(raw_worker: RawWorker) -> None:
+    w = raw_worker
+    w.init()
+    w.load(system_prompt=SYSTEM)
+    history = [P.ChatMessage(role="user", content="My name is Ada."), P.ChatMessage(role="assistant", content="Hello Ada.")]
+    request(w, P.Reset, P.Ok, session="back", system_prompt="Be brief.", history=history)
+    info = listing(w)["back"]
+    assert info.messages == 2 and info.system_prompt == "Be brief." and not info.kv_cached  # nothing evaluated
+    done, _ = w.generate("What is my name?", max_tokens=4, session="back")
+    count = request(w, P.Count, P.TokenCount, session="fresh", input=[*history, P.ChatMessage(role="user", content="What is my name?")])
+    assert done.usage.prompt_tokens > count.tokens - 8  # the set history was in the prompt
+    err = w.error_for(P.Reset(id=w.new_id(), session="back", history=[P.ChatMessage(role="system", content="x")]))
+    assert err.code == "invalid_request" and "system_prompt" in err.message
+    assert listing(w)["back"].messages == 4  # a refused reset changes nothing
+
+
+def test_a_state_llama_cpp_refuses_puts_the_context_back(raw_worker: RawWorker, tmp_path: Path) -> None:
+    """A file that passes every check of ours but whose KV state llama.cpp cannot read."""
+    from worker import session_file
+
+    w = raw_worker
+    w.init()
+    w.load(session_cache_bytes=0)  # no RAM copy to fall back on: the context itself must be kept
+    w.generate("Tell me about cats.", max_tokens=16, session="a")
+    path = tmp_path / "a.session"
+    request(w, P.SaveSession, P.Saved, session="a", path=str(path))
+    header, kv = session_file.read(path)
+    kv = kv[: len(kv) // 2]  # cut, then re-sealed with a correct checksum
+    header.kv_bytes, header.kv_sha256 = len(kv), session_file.digest(header.tokens, kv)
+    session_file.write(path, header, bytes(kv))
+    w.generate("Tell me about the sea.", max_tokens=16, session="b")
+    before = listing(w)["b"]
+    err = w.error_for(P.RestoreSession(id=w.new_id(), session="c", path=str(path)))
+    assert err.code == "session_mismatch", err
+    after = listing(w)
+    assert "c" not in after and after["b"].active and after["b"].tokens == before.tokens
+    done, _ = w.generate("More please.", max_tokens=4, session="b")
+    assert done.usage.cached_tokens >= before.tokens - 2  # b's state was put back, not lost
+
+
+def test_a_fifo_is_refused_without_blocking(two_sessions: RawWorker, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.session"
+    os.mkfifo(fifo)
+    err = two_sessions.error_for(P.RestoreSession(id=two_sessions.new_id(), session="x", path=str(fifo)))
+    assert err.code == "bad_session_file" and "not a regular file" in err.message

@@ -118,6 +118,42 @@ def test_invalid_schemas_are_refused_and_the_session_survives(shared_worker: Raw
     assert gen(shared_worker, "Still there?", max_tokens=4, temperature=0).text is not None
 
 
+def test_a_property_named_like_a_keyword_is_kept(shared_worker: RawWorker) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"definitions": {"enum": ["a", "b"]}, "$defs": {"enum": ["c"]}, "enum": {"type": "boolean"}},
+        "required": ["definitions", "$defs", "enum"],
+    }
+    done = gen(shared_worker, "JSON please.", max_tokens=60, temperature=0, response_format=P.ResponseFormat(type="json_schema", schema=schema))
+    assert not done.incomplete
+    jsonschema.validate(json.loads(done.text), schema)
+
+
+@pytest.mark.parametrize(
+    ("schema", "fragment"),
+    [
+        ({"type": "string", "maxLength": 100_000}, "maxLength must be an integer from 0 to 1000"),
+        ({"type": "array", "minItems": 10**9}, "minItems must be"),
+        ({"enum": list(range(5000))}, "an enum of 5000 values"),
+        (
+            {"$ref": "#/$defs/L0", "$defs": {**{f"L{i}": {"type": "object", "properties": {"a": {"$ref": f"#/$defs/L{i + 1}"}, "b": {"$ref": f"#/$defs/L{i + 1}"}}} for i in range(30)}, "L30": {"type": "integer"}}},
+            "subschemas once references are expanded",
+        ),
+    ],
+)
+def test_schemas_that_would_build_huge_grammars_are_refused(shared_worker: RawWorker, schema: dict[str, Any], fragment: str) -> None:
+    err = shared_worker.error_for(P.Generate(id=shared_worker.new_id(), input="x", response_format=P.ResponseFormat(type="json_schema", schema=schema)))
+    assert err.code == "invalid_request" and fragment in err.message, err
+
+
+def test_a_deeply_nested_schema_is_invalid_not_internal(shared_worker: RawWorker) -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(700):
+        schema = {"type": "array", "items": schema}
+    err = shared_worker.error_for(P.Generate(id=shared_worker.new_id(), input="x", response_format=P.ResponseFormat(type="json_schema", schema=schema)))
+    assert err.code == "invalid_request", err
+
+
 def test_response_format_needs_a_schema_exactly_for_json_schema(shared_worker: RawWorker) -> None:
     err = shared_worker.error_for(P.Generate(id=shared_worker.new_id(), input="x", response_format=P.ResponseFormat(type="json_schema")))
     assert err.code == "invalid_request" and "required" in err.message

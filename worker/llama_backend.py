@@ -598,7 +598,14 @@ class Context:
     @property
     def layout(self) -> dict[str, object]:
         """What a saved KV state depends on besides the model."""
-        return {"flash_attn": self.params.flash_attn, "n_seq_max": 1, "type_k": "f16", "type_v": "f16"}
+        return {
+            "flash_attn": self.params.flash_attn,
+            "n_seq_max": 1,
+            "type_k": "f16",
+            "type_v": "f16",
+            # llama.cpp's state format, and its automatic flash-attention choice, can change between builds.
+            "llama_cpp_python": LIBRARY_VERSION,
+        }
 
     def decode_one(self, token: int) -> None:
         """Append one token to the cache (the hot path of generation)."""

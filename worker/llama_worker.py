@@ -234,15 +234,26 @@ class LlamaWorker:
         return info
 
     def _require_loaded(self) -> _Loaded:
-        if self._loaded is None:
+        loaded = self._loaded  # read once: other threads call this too
+        if loaded is None:
             raise WorkerError(ErrorCode.NO_MODEL, "no model is loaded: send `load` first")
-        return self._loaded
+        return loaded
 
     def ensure_chat_session(self, name: str = protocol.DEFAULT_SESSION) -> ChatSession:
         return self._require_loaded().sessions.get(name)
 
-    def reset(self, system_prompt: str | None = None, session: str = protocol.DEFAULT_SESSION) -> None:
-        self.ensure_chat_session(session).reset(system_prompt)
+    def reset(self, system_prompt: str | None = None, session: str = protocol.DEFAULT_SESSION, history: list[protocol.ChatMessage] | None = None) -> None:
+        """Clear a session's history, or set it (`history`: user/assistant messages, no generation)."""
+        messages: list[Message] = []
+        for i, m in enumerate(history or []):
+            if m.role == "system":
+                raise WorkerError.invalid(f"history[{i}]: a system prompt goes in `system_prompt`, not the history")
+            messages.append({"role": m.role, "content": m.content})
+        store = self._require_loaded().sessions
+        chat = store.get(session)
+        with store.lock:
+            chat.reset(system_prompt)
+            chat.history = messages
 
     def cleanup(self) -> None:
         """Free the sessions, context and model; the worker can load again."""
@@ -374,12 +385,14 @@ class LlamaWorker:
         if snap is not None:
             try:
                 ctx.load_state(snap.data, snap.tokens)
+                store.touch(name)  # type: ignore[arg-type]
             except LlamaError as exc:  # the cache is empty now: evaluation takes over
                 log.warning("could not restore session %r from RAM: %s", name, exc)
                 store.take_snapshot(name)  # type: ignore[arg-type]
         store.owner = name
 
-    def _stash_owner(self) -> None:
+    def _stash_owner(self, current: KvSnapshot | None = None) -> None:
+        """Keep the context's state in RAM for its owner (`current`: that state, already copied)."""
         loaded = self._require_loaded()
         store, ctx = loaded.sessions, loaded.context
         owner = store.owner
@@ -388,14 +401,20 @@ class LlamaWorker:
         snap = store.snapshot(owner)
         if snap is not None and len(snap.tokens) == len(ctx.tokens) and snap.tokens == tuple(ctx.tokens):
             return
-        store.keep_snapshot(owner, KvSnapshot(tuple(ctx.tokens), ctx.save_state()))
+        try:
+            store.keep_snapshot(owner, current or KvSnapshot(tuple(ctx.tokens), ctx.save_state()))
+        except LlamaError as exc:  # only a cache: the session will be evaluated again if needed
+            log.warning("could not keep session %r's KV state in RAM: %s", owner, exc)
 
-    def idle(self) -> None:
+    def idle(self, after: protocol.Request | None = None) -> None:
         """Between requests: copy the active session's KV state to RAM when several sessions exist.
 
         That way switching to another session does not have to copy it out
-        while the user waits.
+        while the user waits. Not after a preload: a generate of the same
+        session normally follows it.
         """
+        if isinstance(after, protocol.Preload):
+            return
         if self._loaded is not None and len(self._loaded.sessions.names()) > 1:
             self._stash_owner()
 
@@ -404,6 +423,8 @@ class LlamaWorker:
         loaded = self._require_loaded()
         session = loaded.sessions.get(request.session)
         _turn, prompt = self._turn_prompt(session, request.input, request.max_tokens)
+        if should_abort():  # replaced before it began: do not disturb the context for nothing
+            return protocol.Preloaded(id=request.id, session=request.session, prompt_tokens=len(prompt), cached_tokens=0, complete=False)
         self._activate(request.session)
         complete = True
         before = loaded.context.reusable_prefix(prompt)
@@ -465,7 +486,7 @@ class LlamaWorker:
             history=[session_file.SavedMessage(m["role"], m["content"]) for m in turn.history],
             tokens=list(tokens),
             kv_bytes=len(kv),
-            kv_sha256=session_file.digest(kv),
+            kv_sha256=session_file.digest(list(tokens), kv),
         )
         try:
             size = session_file.write(path, header, kv)
@@ -486,12 +507,23 @@ class LlamaWorker:
         for i, m in enumerate(header.history):
             if m.role not in ("user", "assistant"):
                 raise WorkerError(ErrorCode.BAD_SESSION_FILE, f"{path} is damaged: history[{i}] has role {m.role!r}")
-        store = loaded.sessions
-        self._stash_owner()
+        store, ctx = loaded.sessions, loaded.context
+        # Keep what the context holds, even without a RAM budget: a state that
+        # passed every check can still be refused by llama.cpp, and then the
+        # context must go back to exactly what it was.
+        previous_owner = store.owner
+        previous = KvSnapshot(tuple(ctx.tokens), ctx.save_state()) if ctx.tokens else None
+        self._stash_owner(previous)
         store.owner = None
         try:
-            loaded.context.load_state(kv, header.tokens)
+            ctx.load_state(kv, header.tokens)
         except LlamaError as exc:
+            if previous is not None:
+                try:
+                    ctx.load_state(previous.data, previous.tokens)
+                    store.owner = previous_owner
+                except LlamaError:  # pragma: no cover - it held this very state a moment ago
+                    log.exception("could not put the context back after a refused restore")
             raise WorkerError(ErrorCode.SESSION_MISMATCH, f"{path}: {exc}") from None
         store.take_snapshot(request.session)
         store.replace(

@@ -153,7 +153,7 @@ class WorkerServer:
             if isinstance(item, _Job):
                 self._run_job(item)
                 if self._jobs.empty():
-                    self._idle()
+                    self._idle(item.request)
         self._worker.cleanup()
         self._writer.close()
         if self._watchdog is not None:
@@ -297,7 +297,7 @@ class WorkerServer:
             elif isinstance(req, Load):
                 reply = self._load(req, job)
             elif isinstance(req, Reset):
-                self._worker.reset(req.system_prompt, req.session)
+                self._worker.reset(req.system_prompt, req.session, req.history)
                 reply = Ok(id=req.id)
             elif isinstance(req, Preload):
                 reply = self._worker.preload(req, should_abort=job.cancel.is_set)
@@ -340,10 +340,10 @@ class WorkerServer:
                 log.exception("internal error in %s %r", msg.__struct_config__.tag, msg.id)
                 self._send_error(msg.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _idle(self) -> None:
+    def _idle(self, after: Request) -> None:
         """Work worth doing while no request waits (it must stay short: a request may arrive)."""
         try:
-            self._worker.idle()
+            self._worker.idle(after)
         except Exception:  # noqa: BLE001 - an optimisation must never take the worker down
             log.exception("idle work failed")
 

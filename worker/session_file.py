@@ -5,7 +5,8 @@ Layout (all integers big-endian):
     8 bytes   magic b"LLWSESS\\x01"
     4 bytes   header length H
     H bytes   header, UTF-8 JSON (`Header`)
-    N bytes   KV state, exactly `header.kv_bytes` long, SHA-256 `header.kv_sha256`
+    N bytes   KV state, exactly `header.kv_bytes` long; `header.kv_sha256` is the
+              SHA-256 of the tokens (4-byte big-endian each) and then these bytes
 
 Everything is checked before anything is restored: the magic, the header, the
 KV length and digest (a damaged or truncated file), and that the model and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -55,6 +57,7 @@ class Header(msgspec.Struct, kw_only=True):
     tokens: list[int]
     kv_bytes: int
     kv_sha256: str
+    """SHA-256 of the tokens (4-byte big-endian each) followed by the KV state."""
 
 
 def write(path: Path, header: Header, kv: bytes | bytearray) -> int:
@@ -77,38 +80,53 @@ def write(path: Path, header: Header, kv: bytes | bytearray) -> int:
 
 
 def read(path: Path) -> tuple[Header, bytearray]:
-    """Read and verify a file's integrity (not yet whether it fits the model)."""
+    """Read and verify a file's integrity (not yet whether it fits the model).
+
+    The header is read and checked before the KV state, and the file must be
+    a regular file of exactly the announced size, so pointing this at a
+    model, a device or a FIFO fails fast instead of filling memory or hanging.
+    """
     try:
-        with open(path, "rb") as f:
-            data = bytearray(f.read())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SessionFileError(f"no such file: {path}") from None
     except IsADirectoryError:
         raise SessionFileError(f"{path} is a folder, not a saved session") from None
     except OSError as exc:
         raise SessionFileError(f"cannot read {path}: {exc.strerror}") from None
-    if not data.startswith(MAGIC):
-        if data.startswith(MAGIC[:7]):
-            raise SessionFileError(f"{path} is a saved session of an unsupported format version", mismatch=True)
-        raise SessionFileError(f"{path} is not a saved session (wrong magic bytes)")
-    pos = len(MAGIC)
-    if len(data) < pos + _LEN.size:
-        raise SessionFileError(f"{path} is truncated (no header)")
-    (size,) = _LEN.unpack_from(data, pos)
-    pos += _LEN.size
-    if size > MAX_HEADER_BYTES or len(data) < pos + size:
-        raise SessionFileError(f"{path} is truncated or damaged (header of {size} bytes)")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SessionFileError(f"{path} is a folder, not a saved session")
+        raise SessionFileError(f"{path} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        head = f.read(len(MAGIC) + _LEN.size)
+        if not head.startswith(MAGIC):
+            if head.startswith(MAGIC[:7]):
+                raise SessionFileError(f"{path} is a saved session of an unsupported format version", mismatch=True)
+            raise SessionFileError(f"{path} is not a saved session (wrong magic bytes)")
+        if len(head) < len(MAGIC) + _LEN.size:
+            raise SessionFileError(f"{path} is truncated (no header)")
+        (size,) = _LEN.unpack_from(head, len(MAGIC))
+        if size > MAX_HEADER_BYTES or size > st.st_size - len(head):
+            raise SessionFileError(f"{path} is truncated or damaged (header of {size} bytes)")
+        try:
+            header = msgspec.json.decode(f.read(size), type=Header)
+        except msgspec.DecodeError as exc:
+            raise SessionFileError(f"{path} has a damaged header: {exc}") from None
+        remaining = st.st_size - len(head) - size
+        if remaining != header.kv_bytes:
+            raise SessionFileError(f"{path} is truncated or damaged: {remaining} bytes of KV state, {header.kv_bytes} expected")
+        kv = bytearray(remaining)
+        if f.readinto(kv) != remaining:
+            raise SessionFileError(f"{path} changed while it was read")
     try:
-        header = msgspec.json.decode(bytes(data[pos : pos + size]), type=Header)
-    except msgspec.DecodeError as exc:
-        raise SessionFileError(f"{path} has a damaged header: {exc}") from None
-    pos += size
-    del data[:pos]
-    kv = data
-    if len(kv) != header.kv_bytes:
-        raise SessionFileError(f"{path} is truncated or damaged: {len(kv)} bytes of KV state, {header.kv_bytes} expected")
-    if hashlib.sha256(kv).hexdigest() != header.kv_sha256:
-        raise SessionFileError(f"{path} is damaged: its KV state does not match its checksum")
+        matches = digest(header.tokens, kv) == header.kv_sha256
+    except struct.error:  # token ids that are not uint32
+        matches = False
+    if not matches:
+        raise SessionFileError(f"{path} is damaged: its tokens and KV state do not match its checksum")
     if header.format != FORMAT_VERSION:
         raise SessionFileError(f"{path} has format {header.format}; this worker reads format {FORMAT_VERSION}", mismatch=True)
     return header, kv
@@ -131,5 +149,8 @@ def check_compatible(header: Header, path: Path, model: dict[str, object], layou
         )
 
 
-def digest(kv: bytes | bytearray) -> str:
-    return hashlib.sha256(kv).hexdigest()
+def digest(tokens: list[int], kv: bytes | bytearray) -> str:
+    """SHA-256 over the token ids and the KV state: the two must not drift apart."""
+    h = hashlib.sha256(struct.pack(f">{len(tokens)}I", *tokens))
+    h.update(kv)
+    return h.hexdigest()

@@ -110,6 +110,12 @@ class SessionStore:
     def snapshot(self, name: str) -> KvSnapshot | None:
         return self._snapshots.get(name)
 
+    def touch(self, name: str) -> None:
+        """Mark a snapshot as just used (the last to be evicted)."""
+        with self.lock:
+            if name in self._snapshots:
+                self._snapshots.move_to_end(name)
+
     def take_snapshot(self, name: str) -> KvSnapshot | None:
         """Remove and return a session's snapshot (it is about to be in the context)."""
         with self.lock:

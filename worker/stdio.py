@@ -99,7 +99,7 @@ class FrameWriter:
             if self._closed:
                 return
             self._queue.append(message)
-            self._cond.notify()
+            self._cond.notify_all()  # the writer, not only a flush() waiter, must wake
 
     def send_chunk(self, request_id: int | str, text: str) -> None:
         with self._cond:
@@ -110,7 +110,7 @@ class FrameWriter:
                 tail.parts.append(text)
                 return
             self._queue.append(_PendingChunk(request_id, text))
-            self._cond.notify()
+            self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued has been written (or the pipe broke)."""

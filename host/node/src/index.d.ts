@@ -160,6 +160,8 @@ export interface ResetOptions {
   systemPrompt?: Reset['system_prompt'];
   /** The session to clear (default "default"). */
   session?: Reset['session'];
+  /** The session's history from now on instead of an empty one (user/assistant messages; nothing is generated). */
+  history?: Reset['history'];
   system_prompt?: Reset['system_prompt'];
 }
 

@@ -35,6 +35,7 @@ export const GENERATE_FIELDS = Object.freeze({
 export const RESET_FIELDS = Object.freeze({
   systemPrompt: 'system_prompt',
   session: 'session',
+  history: 'history',
 });
 
 /** preload(): camelCase option -> wire field of the `preload` message (`input` is the first argument). */

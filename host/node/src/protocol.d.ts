@@ -350,6 +350,8 @@ export interface Ready {
 export interface Reset {
   type: "reset";
   id: number | string;
+  /** @default null */
+  history?: ChatMessage[] | null;
   /**
    * Chat session name
    * Schema: minLength 1, maxLength 256.
