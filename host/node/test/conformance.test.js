@@ -12,45 +12,25 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { after, before, test } from 'node:test';
+import { before, test } from 'node:test';
 
 import {
   AbortedError,
   BadRequestError,
   BusyError,
   ContextOverflowError,
-  LlamaWorkerClient,
   LoadFailedError,
   ModelNotFoundError,
   NoModelError,
   WorkerCrashedError,
 } from '../src/index.js';
+import { LOAD, LONG, PYTHON, VENV_BIN, clientFactory } from './real-worker.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const VENV_BIN = join(REPO_ROOT, '.venv', process.platform === 'win32' ? 'Scripts' : 'bin');
-const PYTHON = process.env.LLAMA_WORKER_PYTHON || join(VENV_BIN, process.platform === 'win32' ? 'python.exe' : 'python');
 const CONSOLE_SCRIPT = join(process.env.LLAMA_WORKER_PYTHON ? dirname(PYTHON) : VENV_BIN, process.platform === 'win32' ? 'llama-worker.exe' : 'llama-worker');
 
 // Generous: CI machines are shared and noisy.
 const T = { timeout: 60_000 };
-// One thread: on a small shared machine (2 cores, other jobs running) llama.cpp's
-// spinning thread pool is several times slower with 2 threads than with 1.
-const LOAD = { nThreads: 1 };
-// Greedy decoding of this prompt runs for hundreds of tokens without an end of turn.
-const LONG = 'Tell me a very long story about dragons.';
-
-if (!process.env.LLAMA_WORKER_PYTHON && !existsSync(PYTHON)) {
-  throw new Error(`no Python for the worker at ${PYTHON}: run \`make setup\` in ${REPO_ROOT}, or set LLAMA_WORKER_PYTHON`);
-}
-
-const clients = new Set();
-function client(options = {}) {
-  const c = new LlamaWorkerClient({ python: PYTHON, ...options });
-  clients.add(c);
-  return c;
-}
-after(() => Promise.all([...clients].map((c) => c.close())));
+const client = clientFactory();
 
 function pidExists(pid) {
   try {

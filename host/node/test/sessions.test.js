@@ -8,43 +8,23 @@
 // sleeps: every wait is on a reply, bounded by the test timeout.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 
-import { BadRequestError, BusyError, DEFAULT_SESSION, LlamaWorkerClient, Session, SessionFileError } from '../src/index.js';
-
-const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const VENV_BIN = join(REPO_ROOT, '.venv', process.platform === 'win32' ? 'Scripts' : 'bin');
-const PYTHON = process.env.LLAMA_WORKER_PYTHON || join(VENV_BIN, process.platform === 'win32' ? 'python.exe' : 'python');
+import { BadRequestError, BusyError, DEFAULT_SESSION, Session, SessionFileError } from '../src/index.js';
+import { LOAD, LONG, clientFactory } from './real-worker.js';
 
 // Generous: CI machines are shared and noisy.
 const T = { timeout: 120_000 };
-// One thread: on a small shared machine llama.cpp is several times faster that way.
-const LOAD = { nThreads: 1 };
 const GREEDY = { maxTokens: 8, temperature: 0 };
-// Greedy decoding of this prompt runs for hundreds of tokens without an end of turn.
-const LONG = 'Tell me a very long story about dragons.';
 // A prompt of about 2,000 tokens: its evaluation takes far longer than a frame takes to arrive.
 const BIG = Array.from({ length: 110 }, (_, i) => `Note ${i}: the quick brown fox jumps over the lazy dog.`).join(' ');
 
-if (!process.env.LLAMA_WORKER_PYTHON && !existsSync(PYTHON)) {
-  throw new Error(`no Python for the worker at ${PYTHON}: run \`make setup\` in ${REPO_ROOT}, or set LLAMA_WORKER_PYTHON`);
-}
-
-const clients = new Set();
-function client(options = {}) {
-  const c = new LlamaWorkerClient({ python: PYTHON, ...options });
-  clients.add(c);
-  return c;
-}
+const client = clientFactory();
 const dir = mkdtempSync(join(tmpdir(), 'llama-worker-node-sessions-'));
-after(async () => {
-  await Promise.all([...clients].map((c) => c.close()));
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 /** The worker's listing of one session (undefined when it has none of that name). */
 async function listed(c, name) {

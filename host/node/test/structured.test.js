@@ -11,23 +11,13 @@
 // within max_tokens. No sleeps: every wait is on a reply, bounded by the test
 // timeout.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { after, before, test } from 'node:test';
+import { before, test } from 'node:test';
 
-import { BadRequestError, IncompleteOutputError, LlamaWorkerClient, NoModelError } from '../src/index.js';
-
-const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const VENV_BIN = join(REPO_ROOT, '.venv', process.platform === 'win32' ? 'Scripts' : 'bin');
-const PYTHON = process.env.LLAMA_WORKER_PYTHON || join(VENV_BIN, process.platform === 'win32' ? 'python.exe' : 'python');
+import { BadRequestError, IncompleteOutputError, NoModelError } from '../src/index.js';
+import { LOAD, LONG, clientFactory } from './real-worker.js';
 
 // Generous: CI machines are shared and noisy, and constrained decoding costs more per token.
 const T = { timeout: 180_000 };
-// One thread: on a small shared machine llama.cpp is several times faster that way.
-const LOAD = { nThreads: 1 };
-// Greedy decoding of this prompt runs for hundreds of tokens without an end of turn.
-const LONG = 'Tell me a very long story about dragons.';
 
 // A nested object with an enum, a bounded integer and a bounded array: the
 // 135M model finishes it well within 200 tokens.
@@ -71,17 +61,7 @@ function assertPet(pet) {
   for (const tag of pet.tags) assert.ok(typeof tag === 'string' && tag.length <= 8, shown);
 }
 
-if (!process.env.LLAMA_WORKER_PYTHON && !existsSync(PYTHON)) {
-  throw new Error(`no Python for the worker at ${PYTHON}: run \`make setup\` in ${REPO_ROOT}, or set LLAMA_WORKER_PYTHON`);
-}
-
-const clients = new Set();
-function client(options = {}) {
-  const c = new LlamaWorkerClient({ python: PYTHON, ...options });
-  clients.add(c);
-  return c;
-}
-after(() => Promise.all([...clients].map((c) => c.close())));
+const client = clientFactory();
 
 let shared;
 before(async () => {
