@@ -125,3 +125,31 @@ def test_greedy_sampler_is_deterministic(model: B.Model) -> None:
         outs.append(out)
         ctx.close()
     assert outs[0] == outs[1]
+
+
+def test_context_shift_reuses_what_follows_a_dropped_span(model: B.Model) -> None:
+    from llama_cpp import llama_cpp as C
+
+    def toks(text: str) -> list[int]:
+        return model.tokenize(text, add_special=False, parse_special=False)
+
+    system, old, kept, new = toks("System: be brief."), toks(" the old turn" * 30), toks(" a later turn that stays" * 20), toks(" and now?")
+    ctx = B.Context(model, B.ContextParams(n_ctx=1024, n_threads=B.usable_cores()))
+    try:
+        ctx.evaluate(system + old + kept, lambda: False)
+        reused = ctx.evaluate(system + kept + new, lambda: False)
+        # The kept turn came from the cache, moved back over the dropped one: only the new part was evaluated.
+        assert reused >= len(system) + len(kept) - 1
+        assert ctx.tokens == system + kept + new
+        memory = C.llama_get_memory(ctx.ptr)
+        assert C.llama_memory_seq_pos_max(memory, 0) + 1 == len(ctx.tokens)
+        # Decoding goes on at the right position.
+        with B.Sampler(model, B.SamplingParams(0.0, 1.0, 0, 0.0, 1.0, 0, 0)) as s:
+            tok = s.sample(ctx)
+            ctx.decode_one(tok)
+        assert C.llama_memory_seq_pos_max(memory, 0) + 1 == len(ctx.tokens) == len(system + kept + new) + 1
+        # A prompt that shares too little after the cut is simply evaluated.
+        reused = ctx.evaluate(system + toks(" something else entirely") * 3, lambda: False)
+        assert reused <= len(system) + 1
+    finally:
+        ctx.close()

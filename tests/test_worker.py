@@ -361,11 +361,15 @@ class TestContext:
         raw_worker.init()
         raw_worker.load(n_ctx=512, system_prompt="You are a patient assistant.")
         truncated_total = 0
+        shifted = 0
         for i in range(14):
             done, _ = raw_worker.generate(f"Turn {i}: " + LONG_TEXT[:200], max_tokens=48)
             assert done.usage.prompt_tokens + 48 <= 512
             truncated_total += done.truncated_messages
-        assert truncated_total > 0
+            if done.truncated_messages:
+                # Context shift: the turns that stayed came from the cache, not evaluated again.
+                shifted += done.usage.cached_tokens > done.usage.prompt_tokens // 2
+        assert truncated_total > 0 and shifted > 0
         # The system prompt survived trimming: the prompt still starts with it,
         # so a later turn reuses at least its tokens from the cache.
         done, _ = raw_worker.generate("Last question.", max_tokens=8)

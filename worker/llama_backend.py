@@ -419,6 +419,12 @@ class ContextParams:
     """None: llama.cpp decides."""
 
 
+#: Context shift: tokens of the prompt that must match the cache after the cut...
+SHIFT_PROBE = 16
+#: ...and the fewest kept tokens that make a shift worth it.
+SHIFT_MIN_KEEP = 32
+
+
 class Context:
     """A llama.cpp context on sequence 0, tracking which tokens its KV cache holds.
 
@@ -452,6 +458,10 @@ class Context:
         self._memory = C.llama_get_memory(ptr)
         #: Tokens whose keys and values are in the cache, in position order.
         self.tokens: list[int] = []
+        #: How many tokens the last `evaluate` took from the cache (also when it was aborted).
+        self.last_reused = 0
+        # Context shift needs a cache that can move positions (not recurrent, not sliding-window).
+        self._can_shift = bool(C.llama_memory_can_shift(self._memory)) and model.n_swa == 0
         self._one = (C.llama_token * 1)()
         self._should_abort: Callable[[], bool] = lambda: False
 
@@ -492,6 +502,43 @@ class Context:
     def clear(self) -> None:
         self._truncate(0)
 
+    def _shift_for(self, tokens: Sequence[int]) -> int:
+        """Context shift: reuse the cache when `tokens` is it with a span cut out.
+
+        When a conversation outgrows the context, its oldest turns are dropped
+        and the prompt becomes system prompt + later turns: the cached tokens
+        with a span removed after a common prefix. Instead of evaluating all
+        the later turns again (seconds, every turn, once a chat is full), drop
+        that span from the KV cache and move what follows it back (llama.cpp
+        re-rotates the keys). Their values were computed with the dropped
+        turns in view, as with llama.cpp's own context shift; that is the
+        price of a full chat staying fast. Returns the tokens it kept (0: no shift).
+        """
+        cached = self.tokens
+        if not self._can_shift or len(cached) < SHIFT_MIN_KEEP:
+            return 0
+        p = 0
+        limit = min(len(cached), len(tokens))
+        while p < limit and cached[p] == tokens[p]:
+            p += 1
+        probe = list(tokens[p : p + SHIFT_PROBE])
+        if p >= len(cached) or len(probe) < SHIFT_PROBE:
+            return 0
+        first, n = probe[0], len(probe)
+        start = next((i for i in range(p + 1, len(cached) - n + 1) if cached[i] == first and cached[i : i + n] == probe), -1)
+        if start < 0:
+            return 0
+        d, m = start - p, n
+        while start + m < len(cached) and p + m < len(tokens) and cached[start + m] == tokens[p + m]:
+            m += 1
+        if m < SHIFT_MIN_KEEP or not C.llama_memory_seq_rm(self._memory, 0, p, start):
+            return 0
+        C.llama_memory_seq_add(self._memory, 0, start, -1, -d)
+        self.tokens = cached[:p] + cached[start:]
+        self._truncate(p + m)
+        prompt_log.debug("context shift: dropped %d cached tokens at %d, kept the %d after them", d, p, m)
+        return m
+
     def reusable_prefix(self, tokens: Sequence[int]) -> int:
         cached = self.tokens
         n = 0
@@ -522,7 +569,9 @@ class Context:
             raise LlamaError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise LlamaError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
+        self._shift_for(tokens)
         reused = self._truncate(self.reusable_prefix(tokens))
+        self.last_reused = reused
         prompt_log.debug("evaluating %d new prompt tokens (%d reused)", len(tokens) - reused, reused)
         # The abort callback runs once per graph node (~600 per token here),
         # which costs 5-8% of decode speed, so it is installed only for the

@@ -427,7 +427,6 @@ class LlamaWorker:
             return protocol.Preloaded(id=request.id, session=request.session, prompt_tokens=len(prompt), cached_tokens=0, complete=False)
         self._activate(request.session)
         complete = True
-        before = loaded.context.reusable_prefix(prompt)
         try:
             loaded.context.evaluate(prompt, should_abort)
         except DecodeAborted:
@@ -436,7 +435,7 @@ class LlamaWorker:
             raise WorkerError(ErrorCode.GENERATION_FAILED, f"preload failed: {exc}") from None
         loaded.sessions.set_tokens(request.session, len(loaded.context.tokens))
         return protocol.Preloaded(
-            id=request.id, session=request.session, prompt_tokens=len(prompt), cached_tokens=before, complete=complete
+            id=request.id, session=request.session, prompt_tokens=len(prompt), cached_tokens=loaded.context.last_reused, complete=complete
         )
 
     def session_info(self, name: str) -> protocol.SessionInfo:
