@@ -253,6 +253,30 @@ def bench_abort_and_control(rounds: int, pings: int) -> dict[str, Any]:
     return anyio.run(run)
 
 
+def bench_full_context(turns: int, n_ctx: int) -> dict[str, Any]:
+    """A conversation that outgrows its context: what each turn evaluates once trimming starts."""
+
+    async def run() -> dict[str, Any]:
+        rows: list[dict[str, float]] = []
+        async with AsyncClient() as client:
+            await client.load(n_ctx=n_ctx, system_prompt="You are Captain Nemo. Always sign as Nemo.")
+            for i in range(turns):
+                done, first_s, _, _ = await worker_stream(client, f"Turn {i}: what do you see from the Nautilus now? Describe it in detail.", 64)
+                rows.append({"truncated": done.truncated_messages, "prompt": done.usage.prompt_tokens, "cached": done.usage.cached_tokens, "ttft_ms": first_s * 1000})
+        full = [r for r in rows if r["truncated"]]
+        return {
+            "n_ctx": n_ctx,
+            "turns": turns,
+            "trimmed_turns": len(full),
+            "evaluated_tokens_in_trimmed_turns": sum(r["prompt"] - r["cached"] for r in full),
+            "prompt_tokens_in_trimmed_turns": sum(r["prompt"] for r in full),
+            "ttft_ms_trimmed_turns": median([r["ttft_ms"] for r in full]),
+            "rows": rows,
+        }
+
+    return anyio.run(run)
+
+
 def bench_codec(frames: int) -> dict[str, Any]:
     import json as stdjson
     import struct
@@ -354,6 +378,12 @@ def _core_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
             ("abort 100 ms into prefill (ms)  (goal < 50)", f"{a['abort_100ms_into_prefill_ms']:.1f}"),
             ("ping idle / while streaming (ms)  (goal < 5)", f"{a['ping_idle_ms']:.2f} / {a['ping_while_streaming_ms']:.2f}"),
         ]
+    if "full_context" in results:
+        f = results["full_context"]
+        rows.append((
+            f"full context (n_ctx {f['n_ctx']}): tokens evaluated / prompt tokens in {f['trimmed_turns']} trimmed turns; median TTFT",
+            f"{f['evaluated_tokens_in_trimmed_turns']:,} / {f['prompt_tokens_in_trimmed_turns']:,}; {f['ttft_ms_trimmed_turns']:.0f} ms",
+        ))
     if "codec" in results:
         k = results["codec"]
         rows.append(("codec frames/s: protocol / stdlib json  (goal >= 200k, ahead)", f"{k['protocol_frames_per_second']:,.0f} / {k['stdlib_json_frames_per_second']:,.0f}"))
@@ -376,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, numbers mean nothing")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "latest.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "plot.png")
-    parser.add_argument("--only", action="append", help="run only this step (repeatable): decode, prompt_reuse, cold_start, prefill, abort_control, codec, memory, sessions")
+    parser.add_argument("--only", action="append", help="run only this step (repeatable): decode, prompt_reuse, cold_start, prefill, abort_control, full_context, codec, memory, sessions")
     args = parser.parse_args(argv)
     q = args.quick
     results: dict[str, Any] = {"machine": {"cores": B.usable_cores(), "cpu_amx": B.cpu_has_amx(), "llama_cpp_python": B.LIBRARY_VERSION}, "quick": q}
@@ -386,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cold_start", lambda: bench_cold_start(rounds=1 if q else 5)),
         ("prefill", lambda: bench_prefill(rounds=1 if q else 5)),
         ("abort_control", lambda: bench_abort_and_control(rounds=1 if q else 7, pings=5 if q else 200)),
+        ("full_context", lambda: bench_full_context(turns=10 if q else 40, n_ctx=512 if q else 1024)),
         ("codec", lambda: bench_codec(frames=2000 if q else 200_000)),
         ("memory", bench_memory),
         ("sessions", lambda: sessions.run_all(q)),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.harness import REPO_ROOT
 
-STEPS = {"decode", "prompt_reuse", "cold_start", "prefill", "abort_control", "codec", "memory", "sessions"}
+STEPS = {"decode", "prompt_reuse", "cold_start", "prefill", "abort_control", "full_context", "codec", "memory", "sessions"}
 
 
 def test_quick_bench_runs_every_step(tmp_path: Path) -> None:
