@@ -137,7 +137,9 @@ def test_context_shift_reuses_what_follows_a_dropped_span(model: B.Model) -> Non
     ctx = B.Context(model, B.ContextParams(n_ctx=1024, n_threads=B.usable_cores()))
     try:
         ctx.evaluate(system + old + kept, lambda: False)
-        reused = ctx.evaluate(system + kept + new, lambda: False)
+        assert ctx.evaluate(system + kept + new, lambda: False) <= len(system) + 1  # no shift unless allowed
+        ctx.evaluate(system + old + kept, lambda: False)
+        reused = ctx.evaluate(system + kept + new, lambda: False, allow_shift=True)
         # The kept turn came from the cache, moved back over the dropped one: only the new part was evaluated.
         assert reused >= len(system) + len(kept) - 1
         assert ctx.tokens == system + kept + new
@@ -149,7 +151,7 @@ def test_context_shift_reuses_what_follows_a_dropped_span(model: B.Model) -> Non
             ctx.decode_one(tok)
         assert C.llama_memory_seq_pos_max(memory, 0) + 1 == len(ctx.tokens) == len(system + kept + new) + 1
         # A prompt that shares too little after the cut is simply evaluated.
-        reused = ctx.evaluate(system + toks(" something else entirely") * 3, lambda: False)
+        reused = ctx.evaluate(system + toks(" something else entirely") * 3, lambda: False, allow_shift=True)
         assert reused <= len(system) + 1
     finally:
         ctx.close()

@@ -84,6 +84,7 @@ def generate(
     should_abort: Callable[[], bool],
     started_at: float,
     grammar: object | None = None,
+    allow_shift: bool = False,
 ) -> Outcome:
     """Evaluate `prompt` (reusing the cache) and stream up to `max_tokens` tokens."""
     t_prompt = time.perf_counter()
@@ -91,7 +92,7 @@ def generate(
     ttft_ms = 0.0
     n_gen = 0
     try:
-        cached = context.evaluate(prompt, should_abort)
+        cached = context.evaluate(prompt, should_abort, allow_shift)
     except DecodeAborted:
         return Outcome("", "aborted", len(prompt), 0, 0, 0.0, (time.perf_counter() - t_prompt) * 1000, 0.0)
     prompt_ms = (time.perf_counter() - t_prompt) * 1000

@@ -559,7 +559,7 @@ class Context:
 
     # -- evaluation ------------------------------------------------------
 
-    def evaluate(self, tokens: Sequence[int], should_abort: Callable[[], bool]) -> int:
+    def evaluate(self, tokens: Sequence[int], should_abort: Callable[[], bool], allow_shift: bool = False) -> int:
         """Make the cache hold exactly `tokens`; return how many were reused.
 
         Raises `DecodeAborted` when `should_abort` turns true during the
@@ -569,7 +569,8 @@ class Context:
             raise LlamaError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise LlamaError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
-        self._shift_for(tokens)
+        if allow_shift:  # only where the caller cut turns out of the conversation
+            self._shift_for(tokens)
         reused = self._truncate(self.reusable_prefix(tokens))
         self.last_reused = reused
         prompt_log.debug("evaluating %d new prompt tokens (%d reused)", len(tokens) - reused, reused)

@@ -319,6 +319,7 @@ class LlamaWorker:
                 should_abort,
                 started_at,
                 grammar,
+                allow_shift=turn is not None and turn.truncated > 0,
             )
         except LlamaError as exc:
             raise WorkerError(ErrorCode.GENERATION_FAILED, f"generation failed: {exc}") from None
@@ -422,13 +423,13 @@ class LlamaWorker:
         """Evaluate a session's prompt for `input` without generating or changing the session."""
         loaded = self._require_loaded()
         session = loaded.sessions.get(request.session)
-        _turn, prompt = self._turn_prompt(session, request.input, request.max_tokens)
+        turn, prompt = self._turn_prompt(session, request.input, request.max_tokens)
         if should_abort():  # replaced before it began: do not disturb the context for nothing
             return protocol.Preloaded(id=request.id, session=request.session, prompt_tokens=len(prompt), cached_tokens=0, complete=False)
         self._activate(request.session)
         complete = True
         try:
-            loaded.context.evaluate(prompt, should_abort)
+            loaded.context.evaluate(prompt, should_abort, allow_shift=turn.truncated > 0)
         except DecodeAborted:
             complete = False
         except LlamaError as exc:
