@@ -569,36 +569,45 @@ class Context:
             raise LlamaError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise LlamaError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
-        if allow_shift:  # only where the caller cut turns out of the conversation
-            self._shift_for(tokens)
+        # Only where the caller cut turns out of the conversation.
+        shifted = self._shift_for(tokens) if allow_shift else 0
         reused = self._truncate(self.reusable_prefix(tokens))
         self.last_reused = reused
         prompt_log.debug("evaluating %d new prompt tokens (%d reused)", len(tokens) - reused, reused)
+        pos = reused
+        if shifted:
+            # llama.cpp re-rotates the moved keys at the start of the next decode, in a
+            # graph of its own; an abort there would leave them half-moved. So decode the
+            # first token now, before the abort callback is installed (a few ms).
+            self._decode_prompt_batch(tokens[pos : pos + 1])
+            pos += 1
         # The abort callback runs once per graph node (~600 per token here),
         # which costs 5-8% of decode speed, so it is installed only for the
         # prompt, where a stop would otherwise wait for the whole batch.
         self._should_abort = should_abort
         C.llama_set_abort_callback(self.ptr, self._abort_cb, None)
         try:
-            pos = reused
             while pos < len(tokens):
                 if should_abort():
                     raise DecodeAborted("aborted")
                 batch = tokens[pos : pos + self.n_batch]
-                arr = (C.llama_token * len(batch))(*batch)
-                rc = C.llama_decode(self.ptr, C.llama_batch_get_one(arr, len(batch)))
-                if rc != 0:
-                    # Whatever part of this batch reached the cache is dropped.
-                    self._resync()
-                    if rc == 2 or should_abort():
-                        raise DecodeAborted("aborted")
-                    raise LlamaError(f"llama_decode returned {rc} while evaluating the prompt")
-                self.tokens.extend(batch)
+                self._decode_prompt_batch(batch, should_abort)
                 pos += len(batch)
         finally:
             C.llama_set_abort_callback(self.ptr, self._no_abort_cb, None)
             self._should_abort = lambda: False
         return reused
+
+    def _decode_prompt_batch(self, batch: Sequence[int], should_abort: Callable[[], bool] = lambda: False) -> None:
+        arr = (C.llama_token * len(batch))(*batch)
+        rc = C.llama_decode(self.ptr, C.llama_batch_get_one(arr, len(batch)))
+        if rc != 0:
+            # Whatever part of this batch reached the cache is dropped.
+            self._resync()
+            if rc == 2 or should_abort():
+                raise DecodeAborted("aborted")
+            raise LlamaError(f"llama_decode returned {rc} while evaluating the prompt")
+        self.tokens.extend(batch)
 
     def _resync(self) -> None:
         if not C.llama_memory_seq_rm(self._memory, 0, len(self.tokens), -1):
