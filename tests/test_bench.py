@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import REPO_ROOT
 
 STEPS = {"decode", "prompt_reuse", "cold_start", "prefill", "abort_control", "full_context", "codec", "memory", "sessions"}
 
 
+@pytest.mark.timeout(1200)  # ~40 s on an idle machine; far longer on a busy one (ggml's threads spin)
 def test_quick_bench_runs_every_step(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     proc = subprocess.run(
