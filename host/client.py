@@ -385,8 +385,8 @@ class AsyncClient:
                 # Put every conversation back at once (nothing is evaluated until
                 # it is used), so that everything the new worker is asked sees it.
                 for name, mirror in mirrors.items():
-                    history = [ChatMessage(role=m["role"], content=m["content"]) for m in mirror.history]  # type: ignore[arg-type]
-                    await self._call(protocol.Reset(id=self._next_id(), session=name, system_prompt=mirror.system_prompt or "", history=history))
+                    history = self._wire_input(mirror.history)
+                    await self._call(protocol.Reset(id=self._next_id(), session=name, system_prompt=mirror.system_prompt or "", history=history))  # type: ignore[arg-type]
                 self._mirrors = mirrors
             return ready
 

@@ -8,14 +8,11 @@ the protocol, not two.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-
-from collections.abc import Sequence
-from typing import TypeVar
 
 from protocol import DEFAULT_SESSION, Done, ModelInfo, Preloaded, Saved, SessionInfo, SessionList, TokenCount
 

@@ -363,8 +363,7 @@ class LlamaWorker:
     def _turn_prompt(self, session: ChatSession, user_input: str | list[protocol.ChatMessage], max_tokens: int) -> tuple[Turn, list[int]]:
         """The turn a generate (or preload) of `user_input` renders, and its prompt tokens."""
         loaded = self._require_loaded()
-        wire = user_input if isinstance(user_input, str) else [{"role": m.role, "content": m.content} for m in user_input]
-        turn = session.next_turn(wire)
+        turn = session.next_turn(_as_dicts(user_input))
         return turn, fit_to_context(turn, self._render_tokens, loaded.context.n_ctx, max_tokens)
 
     # -- sessions ----------------------------------------------------------
@@ -484,9 +483,9 @@ class LlamaWorker:
             n_ctx=loaded.context.n_ctx,
             system_prompt=turn.system_prompt,
             history=[session_file.SavedMessage(m["role"], m["content"]) for m in turn.history],
-            tokens=list(tokens),
+            tokens=tokens,
             kv_bytes=len(kv),
-            kv_sha256=session_file.digest(list(tokens), kv),
+            kv_sha256=session_file.digest(tokens, kv),
         )
         try:
             size = session_file.write(path, header, kv)
@@ -575,8 +574,7 @@ class LlamaWorker:
                 messages = Turn(session.system_prompt, session.history).messages()
                 tokens = self._render_tokens(messages, add_generation_prompt=False) if messages else []
             else:
-                wire = request.input if isinstance(request.input, str) else [{"role": m.role, "content": m.content} for m in request.input]
-                tokens = self._render_tokens(session.next_turn(wire).messages())
+                tokens = self._render_tokens(session.next_turn(_as_dicts(request.input)).messages())
             return protocol.TokenCount(id=request.id, session=request.session, tokens=len(tokens), n_ctx=loaded.context.n_ctx)
 
     # -- introspection for tests and benchmarks ---------------------------
@@ -585,6 +583,13 @@ class LlamaWorker:
     def session(self) -> ChatSession | None:
         """The default session (None before a load)."""
         return self._loaded.sessions.get(protocol.DEFAULT_SESSION) if self._loaded else None
+
+
+def _as_dicts(user_input: str | list[protocol.ChatMessage]) -> str | list[Message]:
+    """A `generate`/`preload`/`count` input as the session works with it."""
+    if isinstance(user_input, str):
+        return user_input
+    return [{"role": m.role, "content": m.content} for m in user_input]
 
 
 def gpu_layers_offloaded(requested: int, n_layer: int) -> int:
