@@ -13,7 +13,7 @@ from .codec import (
     request_reader,
 )
 from .errors import RETRYABLE_CODES, ErrorCode, ProtocolError, is_retryable
-from .framing import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, FrameDecoder, frame
+from .framing import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, MIN_FRAME_SIZE, FrameDecoder, frame
 from .messages import (
     DEFAULT_SESSION,
     Count,
@@ -64,6 +64,7 @@ from .messages import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "MIN_FRAME_SIZE",
     "DEFAULT_SESSION",
     "Count",
     "Detokenize",

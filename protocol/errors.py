@@ -31,6 +31,8 @@ class ErrorCode(enum.StrEnum):
     """A saved session was made with another model or KV layout."""
     BAD_SESSION_FILE = "bad_session_file"
     """A saved-session file is missing, unreadable, damaged or not one."""
+    REPLY_TOO_LARGE = "reply_too_large"
+    """The reply to this request would exceed the largest frame the host accepts."""
 
 
 #: Codes for which sending the same request again, later, can succeed

@@ -15,7 +15,12 @@ from .errors import ErrorCode, ProtocolError
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
+#: The one default limit on a frame's payload, in both directions: the worker
+#: refuses larger requests, never writes larger replies, and both hosts refuse
+#: larger replies. Each side may raise its own (PROTOCOL.md section 2.3).
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+#: The least a host may announce in `init.max_frame_size`: an `error` frame must always fit.
+MIN_FRAME_SIZE = 4096
 
 
 def frame(payload: bytes) -> bytes:

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from .errors import ErrorCode
+from .framing import MIN_FRAME_SIZE
 
 PROTOCOL_VERSION = 1
 
@@ -51,6 +52,9 @@ class Init(_Message, tag="init", kw_only=True):
     protocol_version: int
     log_level: LogLevel | None = None
     """When set, critical events at this level or above also reach the host as `log` frames."""
+    max_frame_size: Annotated[int, Meta(ge=MIN_FRAME_SIZE)] | None = None
+    """The largest payload this host reads. The worker never writes a larger frame: a reply that
+    would not fit becomes `reply_too_large`. Default: `DEFAULT_MAX_FRAME_SIZE` (16 MiB)."""
 
 
 class Load(_Message, tag="load", kw_only=True):
@@ -237,6 +241,8 @@ class Ready(_Message, tag="ready", kw_only=True):
     llama_cpp_version: str
     pid: int
     capabilities: list[str]
+    max_frame_size: int | None = None
+    """The largest request payload this worker reads (`--max-frame-size`); a larger one is fatal."""
 
 
 class Progress(_Message, tag="progress", kw_only=True):
