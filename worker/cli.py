@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 
 from . import parent_watch  # noqa: F401 - records the parent pid as early as possible
 
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .llama_worker import LlamaWorker
     from .parent_watch import watch_parent
-    from .server import EXIT_INTERNAL, EXIT_PARENT_GONE, LogFrameHandler, WorkerServer
+    from .server import EXIT_INTERNAL, EXIT_PARENT_GONE, LogFrameHandler, WorkerServer, exit_now
     from .stdio import FrameWriter
 
     writer = FrameWriter(fds.frames)
@@ -78,10 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:  # noqa: BLE001
         logging.getLogger("worker").exception("worker crashed")
         code = EXIT_INTERNAL
-    logging.shutdown()
-    sys.stdout.flush()
-    # Daemon threads may sit in blocking reads; leave without waiting on them.
-    os._exit(code)
+    # Daemon threads may sit in blocking reads; leave without waiting on them,
+    # and without waiting on a stderr pipe the host no longer drains.
+    exit_now(code)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ from protocol import (
 
 from .errors import WorkerError
 from .llama_worker import LlamaWorker
-from .stdio import FrameWriter
+from .stdio import FINAL_FLUSH_S, FrameWriter
 
 log = logging.getLogger("worker")
 
@@ -67,7 +68,13 @@ EXIT_FATAL_FRAME = 3
 EXIT_PARENT_GONE = 4
 
 PROGRESS_INTERVAL_S = 0.05  # at most ~20 progress events per second
-SHUTDOWN_GRACE_S = 1.5  # after this, a shutdown that is still stuck exits hard
+#: The model thread's time to stop (abort the job, run queued cleanups, free
+#: the model) once shutdown begins. The final flush of stdout then has its own
+#: `FINAL_FLUSH_S` on top: a slow host still gets the last frames.
+SHUTDOWN_GRACE_S = 1.5
+#: When stdout breaks, how long to wait for stdin's end before calling it the
+#: host's disappearance (exit 4) rather than its orderly close (exit 0).
+EOF_AFTER_BROKEN_PIPE_S = 0.5
 READ_SIZE = 256 * 1024
 
 
@@ -132,7 +139,10 @@ class WorkerServer:
         self._initialized = False
         self._ready_info: dict[str, object] | None = None
         self._shutting_down = threading.Event()
-        self._watchdog: threading.Timer | None = None
+        self._shutdown_lock = threading.Lock()
+        self._flushing = threading.Event()
+        self._finished = threading.Event()
+        self._stdin_ended = threading.Event()
         self.exit_code = EXIT_OK
 
     # ------------------------------------------------------------------
@@ -155,34 +165,44 @@ class WorkerServer:
                 if self._jobs.empty():
                     self._idle(item.request)
         self._worker.cleanup()
-        self._writer.close()
-        if self._watchdog is not None:
-            self._watchdog.cancel()  # shutdown finished in time
+        self._flushing.set()
+        self._writer.close(FINAL_FLUSH_S)
+        self._finished.set()  # the watchdog, if shutdown started it, stands down
         return self.exit_code
 
     def shutdown(self, exit_code: int, reason: str) -> None:
-        """Abort what runs and stop the model loop; callable from any thread."""
-        if self._shutting_down.is_set():
-            return
-        self._shutting_down.set()
+        """Abort what runs and stop the model loop; callable from any thread, any number of times.
+
+        The first call decides the exit code; later ones change nothing.
+        """
+        with self._shutdown_lock:
+            if self._shutting_down.is_set():
+                return
+            self._shutting_down.set()
+            self.exit_code = exit_code
         log.info("shutting down: %s", reason)
-        self.exit_code = exit_code
+        threading.Thread(target=self._watchdog, name="shutdown-watchdog", daemon=True).start()
         with self._lock:
             if self._active is not None:
                 self._active.cancel.set()
         self._jobs.put(_STOP)
-        self._watchdog = threading.Timer(SHUTDOWN_GRACE_S, self._hard_exit)
-        self._watchdog.daemon = True
-        self._watchdog.start()
 
-    def _hard_exit(self) -> None:
-        log.error("shutdown did not finish within %.1f s; exiting hard", SHUTDOWN_GRACE_S)
-        logging.shutdown()
-        os._exit(self.exit_code)
+    def _watchdog(self) -> None:
+        """Exit hard if the model thread is stuck, allowing the final flush its own time."""
+        if self._finished.wait(SHUTDOWN_GRACE_S):
+            return
+        if self._flushing.is_set() and self._finished.wait(FINAL_FLUSH_S + 0.5):
+            return
+        exit_now(self.exit_code, f"shutdown did not finish within {SHUTDOWN_GRACE_S} s (+{FINAL_FLUSH_S} s to flush); exiting hard")
 
     def _watch_writer(self) -> None:
         self._writer.broken.wait()
-        self.shutdown(EXIT_PARENT_GONE, "the host closed the protocol pipe")
+        # A host that closes stdin and stdout together closed the worker in
+        # order: whichever pipe the worker notices first, the exit code is 0.
+        if _pipe_hung_up(self._requests_fd) or self._stdin_ended.wait(EOF_AFTER_BROKEN_PIPE_S):
+            self.shutdown(EXIT_OK, "end of stdin (stdout closed too)")
+        else:
+            self.shutdown(EXIT_PARENT_GONE, "the host closed the protocol pipe")
 
     # ------------------------------------------------------------------
     # reader thread
@@ -199,6 +219,7 @@ class WorkerServer:
                 log.error("reading requests failed: %s", exc)
                 data = b""
             if not data:
+                self._stdin_ended.set()
                 self.shutdown(EXIT_OK, "end of stdin")
                 return
             for item in reader.feed(data):
@@ -273,9 +294,10 @@ class WorkerServer:
             return
         if self._log_handler is not None:
             self._log_handler.set_wire_level(msg.log_level)
+        self._writer.max_frame_size = msg.max_frame_size or protocol.DEFAULT_MAX_FRAME_SIZE
         self._initialized = True
         assert self._ready_info is not None
-        self._writer.send(Ready(id=msg.id, **self._ready_info))  # type: ignore[arg-type]
+        self._writer.send(Ready(id=msg.id, max_frame_size=self._max_frame_size, **self._ready_info))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------
     # model thread
@@ -367,3 +389,33 @@ class WorkerServer:
 
     def _send_error(self, request_id: RequestId | None, code: ErrorCode, message: str) -> None:
         self._writer.send(protocol.Error(id=request_id, code=code, message=message, retryable=protocol.is_retryable(code)))
+
+
+def _pipe_hung_up(fd: int) -> bool:
+    """True when every writer of this pipe has closed it (POLLHUP), data left unread or not."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
+    except OSError:
+        return False
+
+
+def exit_now(code: int, message: str | None = None) -> None:
+    """Leave the process at once with `code`, logging `message` only if that cannot block.
+
+    Logging can block: a host that stopped draining stderr leaves the pipe
+    full, and a handler's lock may be held by a thread stuck in that write.
+    So the last words are written by a daemon thread given a moment, and
+    `os._exit` follows whether it finished or not.
+    """
+
+    def last_words() -> None:
+        if message:
+            log.error("%s", message)
+        logging.shutdown()
+
+    speaker = threading.Thread(target=last_words, name="last-words", daemon=True)
+    speaker.start()
+    speaker.join(0.5)
+    os._exit(code)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from protocol import Chunk, encode
+from protocol import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, Chunk, ErrorCode, encode
+from protocol import Error as ErrorFrame
 
 log = logging.getLogger("worker.stdio")
 
@@ -29,6 +30,10 @@ log = logging.getLogger("worker.stdio")
 #: ~150 tokens/s it halves the frames, the wake-ups of this thread and the
 #: host's work per token, which on a small machine steal cores from llama.cpp.
 CHUNK_INTERVAL_S = 0.016
+#: How long the final flush at shutdown may take before the worker gives up on
+#: a host that no longer reads (the shutdown watchdog allows for it).
+FINAL_FLUSH_S = 2.0
+_TRUNCATED_TEXT = 1000
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,19 @@ class FrameWriter:
     them, several per system call. When the host reads slowly, consecutive
     chunks of one generation merge into one frame instead of piling up as
     thousands of small ones, so memory stays bounded by the text itself and
-    generation never waits for a busy UI. Nothing is dropped or reordered.
+    generation never waits for a busy UI. Nothing is reordered.
+
+    Every frame is encoded on its own and checked against `max_frame_size`
+    (the host's limit, from `init`), because a frame the host refuses would
+    cost it the whole stream: a reply too large for it, or one that fails to
+    encode, is replaced by an `error` for the same request id
+    (`reply_too_large`, `internal`), an oversized chunk is split, and the
+    rest of the batch goes out untouched.
     """
 
-    def __init__(self, fd: int, chunk_interval: float = CHUNK_INTERVAL_S) -> None:
+    def __init__(self, fd: int, chunk_interval: float = CHUNK_INTERVAL_S, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self._fd = fd
+        self.max_frame_size = max_frame_size
         self._chunk_interval = chunk_interval
         self._last_chunk: tuple[int | str | None, float] = (None, 0.0)
         self._cond = threading.Condition()
@@ -85,7 +98,6 @@ class FrameWriter:
         self._writing = False
         self._closed = False
         self._broken = threading.Event()
-        self.frames_written = 0
         self._thread = threading.Thread(target=self._run, name="frame-writer", daemon=True)
         self._thread.start()
 
@@ -119,7 +131,7 @@ class FrameWriter:
                 lambda: (not self._queue and not self._writing) or self._broken.is_set(), timeout
             )
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: float = FINAL_FLUSH_S) -> None:
         self.flush(timeout)
         with self._cond:
             self._closed = True
@@ -147,14 +159,11 @@ class FrameWriter:
                 self._queue.clear()
                 self._writing = True
             try:
-                data = b"".join(
-                    encode(item.message() if isinstance(item, _PendingChunk) else item) for item in batch
-                )
+                data = b"".join(self._encode(item.message() if isinstance(item, _PendingChunk) else item) for item in batch)
                 view = memoryview(data)
                 while view:
                     written = os.write(self._fd, view)
                     view = view[written:]
-                self.frames_written += len(batch)
                 last = batch[-1]
                 self._last_chunk = (last.request_id, time.monotonic()) if isinstance(last, _PendingChunk) else (None, 0.0)
             except OSError as exc:
@@ -167,7 +176,43 @@ class FrameWriter:
                     self._cond.notify_all()
                 return
             except Exception:  # noqa: BLE001 - a bug here must not kill the writer silently
-                log.exception("could not encode a frame")
+                log.exception("could not write a batch of frames")
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+    def _encode(self, message: msgspec.Struct) -> bytes:
+        """One frame, or what replaces it when the host could not take it (see the class)."""
+        request_id = getattr(message, "id", None)
+        tag = message.__struct_config__.tag
+        try:
+            data = encode(message)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not cost the others
+            log.exception("could not encode a %s frame for request %r", tag, request_id)
+            if request_id is None or isinstance(message, ErrorFrame):
+                return b""
+            return self._encode(
+                ErrorFrame(id=request_id, code=ErrorCode.INTERNAL, message=f"internal error: the {tag} reply could not be encoded: {exc}", retryable=False)
+            )
+        size = len(data) - HEADER_SIZE
+        if size <= self.max_frame_size:
+            return data
+        if isinstance(message, Chunk) and len(message.text) > 1:
+            half = len(message.text) // 2
+            return self._encode(Chunk(id=message.id, text=message.text[:half])) + self._encode(Chunk(id=message.id, text=message.text[half:]))
+        log.warning("a %s frame of %d bytes for request %r exceeds the host's limit of %d bytes", tag, size, request_id, self.max_frame_size)
+        text = getattr(message, "message", None)
+        if isinstance(text, str) and len(text) > _TRUNCATED_TEXT:
+            # An `error` or `log` whose text is too long: the text is what gives way.
+            return self._encode(msgspec.structs.replace(message, message=text[:_TRUNCATED_TEXT] + " [truncated]"))
+        if request_id is None or isinstance(message, ErrorFrame):
+            return b""
+        return self._encode(
+            ErrorFrame(
+                id=request_id,
+                code=ErrorCode.REPLY_TOO_LARGE,
+                message=f"the {tag} reply would be {size} bytes, over the {self.max_frame_size} bytes the host reads "
+                "(init.max_frame_size); ask for less at a time, or raise the host's limit",
+                retryable=False,
+            )
+        )
