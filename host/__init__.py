@@ -18,7 +18,7 @@
 
 from protocol import Done, ModelInfo
 
-from .client import AsyncClient, Generation, Result, Session, default_worker_command, response_format
+from .client import USE_CLIENT_DEFAULT, AsyncClient, Generation, Result, Session, default_worker_command, response_format
 from .exceptions import (
     Aborted,
     BadRequest,
@@ -34,6 +34,8 @@ from .exceptions import (
     NoModel,
     NotInitialized,
     ProtocolMismatch,
+    ProtocolViolation,
+    ReplyTooLarge,
     SessionFileError,
     WorkerCrashed,
     WorkerTimeout,
@@ -60,9 +62,12 @@ __all__ = [
     "NoModel",
     "NotInitialized",
     "ProtocolMismatch",
+    "ProtocolViolation",
+    "ReplyTooLarge",
     "Result",
     "Session",
     "SessionFileError",
+    "USE_CLIENT_DEFAULT",
     "SyncGeneration",
     "SyncSession",
     "WorkerCrashed",

@@ -109,8 +109,32 @@ class WorkerCrashed(LlamaWorkerError):
         self.stderr_tail = stderr_tail
 
 
+class ProtocolViolation(LlamaWorkerError):
+    """The worker sent something that is not a valid reply.
+
+    Raised by the one call whose reply could not be read (its id was
+    readable). When the stream itself is broken (a frame over the limit,
+    garbage), the worker is killed and every pending call gets a
+    `WorkerCrashed` whose `__cause__` is this.
+    """
+
+    code = "protocol_violation"
+
+
+class ReplyTooLarge(LlamaWorkerError):
+    """The reply would exceed the largest frame this client reads (`max_frame_size`).
+
+    Ask for less at a time, or create the client with a larger `max_frame_size`.
+    """
+
+    code = "reply_too_large"
+
+
 class WorkerTimeout(LlamaWorkerError):
-    """The worker did not answer in time (handshake, or a load that stalled)."""
+    """The worker did not answer in time (the call's `timeout`, the handshake, a stalled load).
+
+    Work the call had started in the worker was aborted before this was raised.
+    """
 
     code = "timeout"
     retryable = True
@@ -133,6 +157,7 @@ _BY_CODE: dict[str, type[LlamaWorkerError]] = {
     ErrorCode.INTERNAL: InternalError,
     ErrorCode.SESSION_MISMATCH: SessionFileError,
     ErrorCode.BAD_SESSION_FILE: SessionFileError,
+    ErrorCode.REPLY_TOO_LARGE: ReplyTooLarge,
 }
 
 

@@ -16,7 +16,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from protocol import DEFAULT_SESSION, Done, ModelInfo, Preloaded, Saved, SessionInfo, SessionList, TokenCount
 
-from .client import AsyncClient, ChatInput, Generation, Session
+from .client import USE_CLIENT_DEFAULT, AsyncClient, ChatInput, Generation, Session, Timeout
 
 T = TypeVar("T")
 
@@ -96,11 +96,13 @@ class Client:
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._portal.call(functools.partial(fn, *args, **kwargs))
 
-    def ping(self) -> float:
-        return self._call(self._async.ping)
+    def ping(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> float:
+        return self._call(self._async.ping, timeout=timeout)
 
-    def load(self, model_path: Any = None, *, on_progress: Callable[[float], None] | None = None, **options: Any) -> ModelInfo:
-        return self._call(self._async.load, model_path, on_progress=on_progress, **options)
+    def load(
+        self, model_path: Any = None, *, on_progress: Callable[[float], None] | None = None, timeout: float | None = None, **options: Any
+    ) -> ModelInfo:
+        return self._call(self._async.load, model_path, on_progress=on_progress, timeout=timeout, **options)
 
     def generate(self, input: ChatInput, **options: Any) -> SyncGeneration:
         return SyncGeneration(self._portal, self._call(self._async.generate, input, **options))
@@ -109,48 +111,50 @@ class Client:
         with self.generate(input, **options) as stream:
             for text in stream:
                 if on_chunk is not None:
-                    on_chunk(text)
+                    self._async._callback("on_chunk", on_chunk, text)
         assert stream.result is not None
         return stream.result
 
     def chat_as(self, input: ChatInput, type: type[T], **options: Any) -> T:
         return self._call(self._async.chat_as, input, type, **options)
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return self._call(self._async.tokenize, text, special=special)
+    def tokenize(self, text: str, *, special: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[int]:
+        return self._call(self._async.tokenize, text, special=special, timeout=timeout)
 
-    def detokenize(self, ids: Sequence[int], *, special: bool = False) -> str:
-        return self._call(self._async.detokenize, ids, special=special)
+    def detokenize(self, ids: Sequence[int], *, special: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT) -> str:
+        return self._call(self._async.detokenize, ids, special=special, timeout=timeout)
 
-    def count_tokens(self, input: ChatInput | None = None, *, session: str = DEFAULT_SESSION) -> TokenCount:
-        return self._call(self._async.count_tokens, input, session=session)
+    def count_tokens(self, input: ChatInput | None = None, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> TokenCount:
+        return self._call(self._async.count_tokens, input, session=session, timeout=timeout)
 
-    def abort(self, target: int | str | None = None) -> None:
-        self._call(self._async.abort, target)
+    def abort(self, target: int | str | None = None, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        self._call(self._async.abort, target, timeout=timeout)
 
-    def reset(self, system_prompt: str | None = None, *, session: str = DEFAULT_SESSION) -> None:
-        self._call(self._async.reset, system_prompt, session=session)
+    def reset(self, system_prompt: str | None = None, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        self._call(self._async.reset, system_prompt, session=session, timeout=timeout)
 
     def session(self, name: str = DEFAULT_SESSION) -> SyncSession:
         return SyncSession(self, self._async.session(name))
 
-    def sessions(self) -> SessionList:
-        return self._call(self._async.sessions)
+    def sessions(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionList:
+        return self._call(self._async.sessions, timeout=timeout)
 
-    def preload(self, input: ChatInput, *, session: str = DEFAULT_SESSION, max_tokens: int = 512) -> Preloaded:
-        return self._call(self._async.preload, input, session=session, max_tokens=max_tokens)
+    def preload(
+        self, input: ChatInput, *, session: str = DEFAULT_SESSION, max_tokens: int = 512, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> Preloaded:
+        return self._call(self._async.preload, input, session=session, max_tokens=max_tokens, timeout=timeout)
 
-    def close_session(self, session: str) -> None:
-        self._call(self._async.close_session, session)
+    def close_session(self, session: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        self._call(self._async.close_session, session, timeout=timeout)
 
-    def save_session(self, path: Any, *, session: str = DEFAULT_SESSION) -> Saved:
-        return self._call(self._async.save_session, path, session=session)
+    def save_session(self, path: Any, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> Saved:
+        return self._call(self._async.save_session, path, session=session, timeout=timeout)
 
-    def restore_session(self, path: Any, *, session: str = DEFAULT_SESSION) -> SessionInfo:
-        return self._call(self._async.restore_session, path, session=session)
+    def restore_session(self, path: Any, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
+        return self._call(self._async.restore_session, path, session=session, timeout=timeout)
 
-    def cleanup(self) -> None:
-        self._call(self._async.cleanup)
+    def cleanup(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        self._call(self._async.cleanup, timeout=timeout)
 
     def restart(self) -> Any:
         return self._call(self._async.restart)
