@@ -87,7 +87,7 @@ REPLY_CLASSES: tuple[type, ...] = Reply.__args__  # type: ignore[attr-defined]
 # ---------------------------------------------------------------------------
 
 REQUEST_SAMPLES: list[Any] = [
-    Init(id="init-1", protocol_version=1, log_level="warning"),
+    Init(id="init-1", protocol_version=1, log_level="warning", max_frame_size=32 * 1024 * 1024),
     Load(
         id=2,
         model_path="/models/tiny model ✓.gguf",
@@ -172,6 +172,7 @@ REPLY_SAMPLES: list[Any] = [
         llama_cpp_version="0.3.36",
         pid=1234,
         capabilities=["chat", "completion", "abort"],
+        max_frame_size=16 * 1024 * 1024,
     ),
     Progress(id=2, fraction=0.25),
     Progress(id=2, fraction=1.0),
