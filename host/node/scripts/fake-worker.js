@@ -1,29 +1,40 @@
 #!/usr/bin/env node
-// A scriptable stand-in for the llama-worker, used by test/client.test.js to
-// exercise the client's failure paths deterministically (the real worker is
-// driven by test/conformance.test.js). It speaks just enough of the protocol;
-// the FAKE_WORKER environment variable (comma-separated flags) picks its
-// misbehaviour:
+// A scriptable stand-in for the llama-worker, used by test/client.test.js and
+// test/failures.test.js to exercise the client's failure paths
+// deterministically (the real worker is driven by the other suites). It speaks
+// just enough of the protocol; the FAKE_WORKER environment variable
+// (comma-separated flags) picks its misbehaviour:
 //
 //   no-ready      never answer `init`
 //   stubborn      ignore end of stdin and SIGTERM (only SIGKILL ends it)
 //   die           on `generate`, write to stderr and exit with code 7
-//   bad-frame     on `ping`, write an unparseable frame before the `pong`
+//   bad-frame     on `ping`, write a frame whose payload is not JSON, then the `pong`
 //   huge-frame    on `ping`, write a length prefix of ~4 GiB
+//   garbage       on `ping`, write a line of text (a stray print) instead of a frame
+//   truncated     on `ping`, write the first 10 bytes of a 100-byte frame, then exit 0
+//   lost-request  on `ping`, answer `error` bad_frame with id null (as if the ping were unreadable)
+//   invalid-reply tokenize: `tokens` without ids; detokenize: a frame without `type`;
+//                 count: a `pong`; generate of "bad chunk": a chunk without text
+//   silent        answer `init`, then nothing else (until stdin ends)
+//   chatty        write a line to stderr on every `ping`
 //   dribble       write every frame in 3-byte pieces
-//   extras        before each `done`, send a frame of an unknown type and a `log`
+//   extras        before each `done`, a frame of an unknown type and a `log`, in one write with it
 //   version2      answer `init` with protocol_version 2
+//   small-limit   announce `ready.max_frame_size` 5000
 //
 // `generate` streams the input's words as chunks (input "hang" streams nothing
-// and waits for an abort); `ready.worker_version` reports the
-// LLAMA_WORKER_PARENT_PID it was given; each `done.usage.prompt_tokens` is the
-// input's length (so large requests can be checked end to end).
+// and waits for an abort); `load`, `preload` and `save_session` with the path
+// or input "hang" wait for an abort too. `ready.worker_version` reports the
+// LLAMA_WORKER_PARENT_PID it was given and `ready.fake_init` the `init`
+// received; each `done.usage.prompt_tokens` is the input's length (so large
+// requests can be checked end to end).
 
 import { FrameDecoder, encodeFrame } from '../src/framing.js';
 
 const flags = new Set((process.env.FAKE_WORKER ?? '').split(',').filter(Boolean));
 const decoder = new FrameDecoder({ maxFrameSize: 64 * 1024 * 1024 });
-let running = null; // { id, text, timer }
+/** The running job: { id, end(aborted) } */
+let running = null;
 
 let outTail = Promise.resolve();
 function writeRaw(bytes) {
@@ -38,30 +49,81 @@ function writeRaw(bytes) {
     }
   });
 }
-const send = (msg) => writeRaw(encodeFrame(msg));
+const send = (...messages) => writeRaw(Buffer.concat(messages.map(encodeFrame)));
+const error = (id, code, message, retryable = false) => send({ type: 'error', id, code, message, retryable });
 
-function finish(stopReason) {
+function rawFrame(payload, length = payload.length) {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(length);
+  return Buffer.concat([header, payload]);
+}
+
+/** Start a job, or answer `busy`. `end(aborted)` sends its terminal reply. */
+function startJob(id, end) {
+  if (running) {
+    error(id, 'busy', `busy with ${running.id}`, true);
+    return null;
+  }
+  running = { id, end };
+  return running;
+}
+
+function endJob(aborted) {
   const job = running;
   if (!job) return;
   running = null;
-  clearTimeout(job.timer);
-  if (flags.has('extras')) {
-    send({ type: 'from_the_future', id: job.id, payload: 1 });
-    send({ type: 'log', id: null, level: 'warning', message: 'fake: about to finish' });
+  job.end(aborted);
+}
+
+function generate(msg) {
+  if (flags.has('die')) {
+    process.stderr.write('fake worker: about to die\n'.repeat(20));
+    process.stderr.write('fake worker: last words\n', () => process.exit(7));
+    return;
   }
-  send({
-    type: 'done',
-    id: job.id,
-    text: job.text,
-    stop_reason: stopReason,
-    usage: { prompt_tokens: job.inputLength, cached_tokens: 0, completion_tokens: job.count },
-    timings: { ttft_ms: 0, total_ms: 0, tokens_per_second: 0, prompt_ms: 0 },
-    truncated_messages: 0,
-    seed: null,
+  const input = typeof msg.input === 'string' ? msg.input : JSON.stringify(msg.input);
+  const state = { text: '', count: 0, timer: null };
+  const job = startJob(msg.id, (aborted) => {
+    clearTimeout(state.timer);
+    const done = {
+      type: 'done',
+      id: msg.id,
+      text: state.text,
+      stop_reason: aborted ? 'aborted' : 'eos',
+      usage: { prompt_tokens: input.length, cached_tokens: 0, completion_tokens: state.count },
+      timings: { ttft_ms: 0, total_ms: 0, tokens_per_second: 0, prompt_ms: 0 },
+      truncated_messages: 0,
+      seed: null,
+    };
+    if (flags.has('extras')) {
+      send({ type: 'from_the_future', id: msg.id, payload: 1 }, { type: 'log', id: null, level: 'warning', message: 'fake: about to finish' }, done);
+    } else {
+      send(done);
+    }
   });
+  if (!job || input === 'hang') return;
+  if (flags.has('invalid-reply') && input === 'bad chunk') {
+    send({ type: 'chunk', id: msg.id, text: 42 });
+    return; // and wait for the abort
+  }
+  const words = input.length > 1000 ? ['long'] : input.split(/(?<= )/);
+  const step = () => {
+    if (running !== job) return;
+    const word = words.shift();
+    if (word === undefined) {
+      endJob(false);
+      return;
+    }
+    state.text += word;
+    state.count += 1;
+    send({ type: 'chunk', id: msg.id, text: word });
+    state.timer = setTimeout(step, 1);
+  };
+  step();
 }
 
 function handle(msg) {
+  if (flags.has('silent') && msg.type !== 'init') return;
   switch (msg.type) {
     case 'init':
       if (flags.has('no-ready')) return;
@@ -73,73 +135,90 @@ function handle(msg) {
         llama_cpp_version: '0',
         pid: process.pid,
         capabilities: [],
+        max_frame_size: flags.has('small-limit') ? 5000 : null,
+        fake_init: msg,
       });
       return;
     case 'ping':
-      if (flags.has('bad-frame')) {
-        const junk = Buffer.from('{not json');
-        const header = Buffer.alloc(4);
-        header.writeUInt32BE(junk.length);
-        writeRaw(Buffer.concat([header, junk]));
-      }
+      if (flags.has('chatty')) process.stderr.write('fake worker: ping\n');
+      if (flags.has('bad-frame')) writeRaw(rawFrame(Buffer.from('{not json')));
       if (flags.has('huge-frame')) {
         writeRaw(Buffer.from([0xff, 0xff, 0xff, 0xf0]));
         return;
       }
+      if (flags.has('garbage')) {
+        writeRaw(Buffer.from('hello from a stray print()\n'));
+        return;
+      }
+      if (flags.has('truncated')) {
+        process.stdout.write(rawFrame(Buffer.from('{"type": "p'), 100), () => process.exit(0));
+        return;
+      }
+      if (flags.has('lost-request')) {
+        error(null, 'bad_frame', 'frame payload is not valid JSON');
+        return;
+      }
       send({ type: 'pong', id: msg.id });
       return;
-    case 'generate': {
-      if (flags.has('die')) {
-        process.stderr.write('fake worker: about to die\n'.repeat(20));
-        process.stderr.write('fake worker: last words\n', () => process.exit(7));
-        return;
-      }
-      if (running) {
-        send({ type: 'error', id: msg.id, code: 'busy', message: `busy with ${running.id}`, retryable: true });
-        return;
-      }
-      const input = typeof msg.input === 'string' ? msg.input : JSON.stringify(msg.input);
-      running = { id: msg.id, text: '', count: 0, inputLength: input.length, timer: null };
-      if (input === 'hang') return;
-      const words = input.length > 1000 ? ['long'] : input.split(/(?<= )/);
-      const job = running;
-      const step = () => {
-        if (running !== job) return;
-        const word = words.shift();
-        if (word === undefined) {
-          finish('eos');
-          return;
-        }
-        job.text += word;
-        job.count += 1;
-        send({ type: 'chunk', id: job.id, text: word });
-        job.timer = setTimeout(step, 1);
-      };
-      step();
+    case 'generate':
+      generate(msg);
       return;
-    }
+    case 'load':
+      if (!startJob(msg.id, (aborted) => (aborted ? error(msg.id, 'aborted', 'the load was aborted', true) : send({ type: 'loaded', id: msg.id, model: { name: 'fake', n_ctx: 64 }, load_ms: 0 })))) return;
+      send({ type: 'progress', id: msg.id, fraction: 0.5 });
+      if (msg.model_path !== 'hang') endJob(false);
+      return;
+    case 'preload':
+      if (!startJob(msg.id, (aborted) => send({ type: 'preloaded', id: msg.id, session: msg.session ?? 'default', prompt_tokens: 1, cached_tokens: 0, complete: !aborted }))) return;
+      if (msg.input !== 'hang') endJob(false);
+      return;
+    case 'save_session':
+      if (!startJob(msg.id, (aborted) => (aborted ? error(msg.id, 'aborted', 'the save was aborted', true) : send({ type: 'saved', id: msg.id, path: msg.path, bytes: 1, session: {} })))) return;
+      if (msg.path !== 'hang') endJob(false);
+      return;
+    case 'restore_session':
+    case 'reset':
+    case 'close_session':
+      if (!startJob(msg.id, () => send(msg.type === 'restore_session' ? { type: 'restored', id: msg.id, session: {}, history: [] } : { type: 'ok', id: msg.id }))) return;
+      endJob(false);
+      return;
+    case 'sessions':
+      send({ type: 'session_list', id: msg.id, sessions: [], cache_bytes: 0, cache_budget_bytes: 0 });
+      return;
+    case 'tokenize':
+      if (flags.has('invalid-reply')) send({ type: 'tokens', id: msg.id, count: 0 });
+      else send({ type: 'tokens', id: msg.id, ids: [...msg.text].map((c) => c.codePointAt(0)), count: [...msg.text].length });
+      return;
+    case 'detokenize':
+      if (flags.has('invalid-reply')) send({ id: msg.id, text: 'no type' });
+      else send({ type: 'text', id: msg.id, text: String.fromCodePoint(...msg.ids) });
+      return;
+    case 'count':
+      if (flags.has('invalid-reply')) send({ type: 'pong', id: msg.id });
+      else send({ type: 'token_count', id: msg.id, session: msg.session ?? 'default', tokens: 1, n_ctx: 64 });
+      return;
     case 'abort':
-      if (running && (msg.target == null || msg.target === running.id)) finish('aborted');
+      if (running && (msg.target == null || msg.target === running.id)) endJob(true);
       send({ type: 'ok', id: msg.id });
       return;
     case 'cleanup':
-      finish('aborted');
+      endJob(true);
       send({ type: 'ok', id: msg.id });
       return;
     default:
-      send({ type: 'error', id: msg.id ?? null, code: 'unknown_type', message: `fake: ${msg.type}`, retryable: false });
+      error(msg.id ?? null, 'unknown_type', `fake: ${msg.type}`);
   }
 }
 
 process.stdin.on('data', (data) => {
   for (const item of decoder.push(data)) {
-    if (item instanceof Error) send({ type: 'error', id: null, code: 'bad_frame', message: item.message, retryable: false });
+    if (item instanceof Error) error(null, 'bad_frame', item.message);
     else handle(item);
   }
 });
 process.stdin.on('end', () => {
   if (flags.has('stubborn')) return;
-  finish('aborted');
+  endJob(true);
   outTail.then(() => process.exit(0));
 });
 if (flags.has('stubborn')) {

@@ -6,6 +6,12 @@
 // so any number of calls can be in flight (a ping during a generation, an
 // abort from a button handler). stderr is drained continuously and its tail
 // kept for WorkerCrashedError. The same design as host/client.py.
+//
+// Failure paths: output that cannot be decoded is fatal (the worker is killed
+// and every pending call fails with WorkerCrashedError); an invalid reply that
+// names a request fails that request only; every call can time out and be
+// cancelled (an AbortSignal); user callbacks and listeners run in a guard, so
+// what they throw is reported ('callbackError') and never reaches the reader.
 
 import { spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
@@ -22,7 +28,7 @@ import {
   WorkerTimeoutError,
   errorFromFrame,
 } from './errors.js';
-import { DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encodeFrame } from './framing.js';
+import { DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE, FrameDecoder, FrameError, encodeFrame } from './framing.js';
 import {
   COUNT_FIELDS,
   DETOKENIZE_FIELDS,
@@ -44,13 +50,37 @@ export const DEFAULT_SESSION = 'default';
 /** Worker message types that end a request; `chunk` and `progress` are events. */
 const TERMINAL_TYPES = new Set(['ready', 'loaded', 'done', 'ok', 'pong', 'error', 'session_list', 'preloaded', 'saved', 'restored', 'tokens', 'text', 'token_count']);
 const EVENT_TYPES = new Set(['chunk', 'progress']);
+/** Request type -> its reply type (besides `error`), and the event type of the two requests that have one. */
+const REPLY_TYPE = {
+  init: 'ready', load: 'loaded', generate: 'done', ping: 'pong', abort: 'ok', reset: 'ok', cleanup: 'ok', close_session: 'ok',
+  sessions: 'session_list', preload: 'preloaded', save_session: 'saved', restore_session: 'restored',
+  tokenize: 'tokens', detokenize: 'text', count: 'token_count',
+};
+const EVENT_OF = { load: 'progress', generate: 'chunk' };
+/** The field of a message this client relies on, and its check. */
+const SHAPE = {
+  chunk: ['text', (v) => typeof v === 'string'],
+  progress: ['fraction', (v) => typeof v === 'number'],
+  done: ['text', (v) => typeof v === 'string'],
+  text: ['text', (v) => typeof v === 'string'],
+  tokens: ['ids', Array.isArray],
+  loaded: ['model', (v) => v !== null && typeof v === 'object'],
+  ready: ['protocol_version', Number.isInteger],
+};
+/** Requests that start work on the worker's model thread: cancelling one aborts it there. */
+const JOB_TYPES = new Set(['load', 'generate', 'preload', 'reset', 'close_session', 'save_session', 'restore_session']);
+/** `error` codes with id null that mean a request of ours was lost (PROTOCOL.md section 2.4). */
+const LOST_REQUEST_CODES = new Set(['bad_frame', 'invalid_request', 'unknown_type']);
 
 /** After stdout closes (or the process exits), how long to wait for the rest before failing calls. */
 const GONE_GRACE_MS = 500;
 /** After SIGKILL, how long to wait for the exit before giving up on it. */
 const KILL_WAIT_MS = 5_000;
+/** The longest timer Node.js keeps (a longer timeout means none). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const kRequest = Symbol('request');
+const kSend = Symbol('send');
 
 /** The default interpreter name: `python` on Windows, `python3` elsewhere. */
 export function defaultPython() {
@@ -73,12 +103,6 @@ export function resolveCommand(options = {}) {
   return [options.python ?? defaultPython(), '-m', 'worker'];
 }
 
-function delay(ms) {
-  return new Promise((resolve) => {
-    setTimeout(resolve, ms);
-  });
-}
-
 /** Resolve to true when `promise` settles within ms, false otherwise (never rejects). */
 async function settlesWithin(promise, ms) {
   let timer;
@@ -90,6 +114,37 @@ async function settlesWithin(promise, ms) {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** console.error that cannot throw (a closed stdout in an Electron app, a patched console). */
+function consoleError(...args) {
+  try {
+    console.error(...args);
+  } catch {}
+}
+
+/**
+ * Check a call's options: `signal` and `timeout`, plus the callbacks named in `callbacks`.
+ * @returns {{ signal?: AbortSignal, timeout?: number | null } & Record<string, any>}
+ */
+function callOptions(options, what, callbacks = []) {
+  if (options == null) return {};
+  if (typeof options !== 'object' || Array.isArray(options)) throw new TypeError(`${what}: call options must be an object`);
+  const known = ['signal', 'timeout', ...callbacks];
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) throw new TypeError(`${what}: unknown call option ${JSON.stringify(key)} (known: ${known.join(', ')})`);
+  }
+  const { signal, timeout } = options;
+  if (signal != null && (typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function')) {
+    throw new TypeError(`${what}: signal must be an AbortSignal`);
+  }
+  if (timeout != null && !(typeof timeout === 'number' && timeout >= 0)) {
+    throw new TypeError(`${what}: timeout must be a number of milliseconds >= 0, or null for none`);
+  }
+  for (const key of callbacks) {
+    if (options[key] != null && typeof options[key] !== 'function') throw new TypeError(`${what}: ${key} must be a function`);
+  }
+  return { ...options, signal: signal ?? undefined };
 }
 
 /**
@@ -104,8 +159,9 @@ async function settlesWithin(promise, ms) {
  *
  * Events: 'log' (a `log` frame), 'stderr' (a Buffer), 'exit' ({exitCode,
  * signal, expected, error}), 'workerError' (an `error` frame no request
- * waits for), 'protocolError' (an unreadable worker frame), 'unknownMessage'.
- * It never emits 'error'.
+ * waits for), 'protocolError' (unreadable or invalid worker output),
+ * 'unknownMessage', 'callbackError' ((error, {callback}): a callback or
+ * listener of this client threw). It never emits 'error'.
  */
 export class LlamaWorkerClient extends EventEmitter {
   /** @type {import('child_process').ChildProcessWithoutNullStreams | null} */
@@ -125,10 +181,13 @@ export class LlamaWorkerClient extends EventEmitter {
   /** @type {WorkerCrashedError | null} */
   #crash = null;
   #killReason = null;
+  /** @type {Error | null} why the worker is (about to be) gone: the cause of the WorkerCrashedError */
+  #crashCause = null;
   #exitInfo = null;
   #resolveGone;
   #gonePromise;
   #options;
+  #maxRequestSizeGiven;
   /** @type {Map<string, Session>} */
   #sessions = new Map();
 
@@ -145,19 +204,28 @@ export class LlamaWorkerClient extends EventEmitter {
       inheritEnv: options.inheritEnv ?? true,
       cwd: options.cwd,
       handshakeTimeout: options.handshakeTimeout ?? 60_000,
+      requestTimeout: options.requestTimeout === undefined ? 60_000 : options.requestTimeout,
       loadStallTimeout: options.loadStallTimeout ?? 120_000,
       cleanupTimeout: options.cleanupTimeout ?? 5_000,
       exitTimeout: options.exitTimeout ?? 5_000,
       termTimeout: options.termTimeout ?? 2_000,
       abortTimeout: options.abortTimeout ?? 5_000,
       maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
-      maxRequestSize: options.maxRequestSize ?? WORKER_DEFAULT_MAX_FRAME_SIZE,
+      maxRequestSize: options.maxRequestSize ?? DEFAULT_MAX_FRAME_SIZE,
       stderrTailBytes: options.stderrTailBytes ?? 8192,
       logLevel: options.logLevel ?? null,
       onLog: options.onLog ?? null,
       onStderr: options.onStderr ?? null,
     };
-    this.#decoder = new FrameDecoder({ maxFrameSize: this.#options.maxFrameSize });
+    const { maxFrameSize, requestTimeout } = this.#options;
+    if (!Number.isInteger(maxFrameSize) || maxFrameSize < MIN_FRAME_SIZE || maxFrameSize > 0xffffffff) {
+      throw new RangeError(`maxFrameSize must be an integer from ${MIN_FRAME_SIZE} to 4294967295, not ${maxFrameSize}`);
+    }
+    if (requestTimeout !== null && !(typeof requestTimeout === 'number' && requestTimeout >= 0)) {
+      throw new TypeError('requestTimeout must be a number of milliseconds >= 0, or null for none');
+    }
+    this.#maxRequestSizeGiven = options.maxRequestSize != null;
+    this.#decoder = new FrameDecoder({ maxFrameSize });
     this.#gonePromise = new Promise((resolve) => {
       this.#resolveGone = resolve;
     });
@@ -214,6 +282,11 @@ export class LlamaWorkerClient extends EventEmitter {
     return this.#gonePromise;
   }
 
+  /** The largest request payload sent: `maxRequestSize`, else the worker's `ready.max_frame_size`, else 16 MiB. */
+  get maxRequestSize() {
+    return this.#options.maxRequestSize;
+  }
+
   // -- lifecycle ----------------------------------------------------------------
 
   /** Spawn the worker and send `init`; resolves with the `ready` message. */
@@ -225,25 +298,24 @@ export class LlamaWorkerClient extends EventEmitter {
   async #start() {
     if (this.#closing) throw new ClientClosedError('the client is closed');
     this.#spawn();
-    let timer;
-    const init = this.#call({ type: 'init', protocol_version: PROTOCOL_VERSION, log_level: this.#options.logLevel }, { internal: true });
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => {
-        reject(new WorkerTimeoutError(`the worker did not answer init within ${this.#options.handshakeTimeout} ms; stderr: ${this.stderrTail.slice(-2000)}`));
-      }, this.#options.handshakeTimeout);
-    });
+    const o = this.#options;
     let ready;
     try {
-      ready = await Promise.race([init, timeout]);
+      const init = { type: 'init', protocol_version: PROTOCOL_VERSION, log_level: o.logLevel, max_frame_size: o.maxFrameSize };
+      ready = await this.#call(init, { internal: true, timeout: o.handshakeTimeout });
       if (ready.protocol_version !== PROTOCOL_VERSION) {
         throw new ProtocolMismatchError(`the worker speaks protocol version ${ready.protocol_version}, this client ${PROTOCOL_VERSION}`);
       }
     } catch (err) {
-      init.catch(() => {});
       await this.#kill('handshake failed');
+      if (err instanceof WorkerTimeoutError) {
+        throw new WorkerTimeoutError(`the worker did not answer init within ${o.handshakeTimeout} ms; stderr: ${this.stderrTail.slice(-2000)}`);
+      }
       throw err;
-    } finally {
-      clearTimeout(timer);
+    }
+    // The worker's own request limit, unless the caller chose one.
+    if (!this.#maxRequestSizeGiven && Number.isInteger(ready.max_frame_size) && ready.max_frame_size > 0) {
+      o.maxRequestSize = ready.max_frame_size;
     }
     this.ready = ready;
     return ready;
@@ -316,11 +388,7 @@ export class LlamaWorkerClient extends EventEmitter {
       return this.#gonePromise;
     }
     const o = this.#options;
-    if (wasAlive) {
-      const cleanup = this.#call({ type: 'cleanup' }, { internal: true });
-      cleanup.catch(() => {});
-      await settlesWithin(cleanup, o.cleanupTimeout);
-    }
+    if (wasAlive) await this.#call({ type: 'cleanup' }, { internal: true, timeout: o.cleanupTimeout }).catch(() => {});
     if (!this.#gone) {
       // Let queued frames go out first (bounded: a hung worker may never drain).
       await settlesWithin(this.#writeTail, o.exitTimeout);
@@ -358,20 +426,26 @@ export class LlamaWorkerClient extends EventEmitter {
     this.#gone = true;
     const { exitCode, signal } = info;
     const pid = this.#child?.pid;
+    const expected = this.#closing && !spawnError;
+    if (!expected && !this.#decoderFailed && this.#decoder.buffered > 0) {
+      const truncated = new ProtocolViolationError(`the worker's output ended inside a frame (${this.#decoder.buffered} bytes of it arrived)`);
+      this.#crashCause ??= truncated;
+      this.#emit('protocolError', truncated);
+    }
     let cause;
     if (spawnError) cause = `could not be started: ${spawnError.message}`;
     else if (signal) cause = `was killed by signal ${signal}`;
     else if (exitCode !== null) cause = `exited with code ${exitCode}`;
     else cause = 'closed its output';
     if (this.#killReason) cause += ` (killed by the client: ${this.#killReason})`;
-    const expected = this.#closing && !spawnError;
+    else if (this.#crashCause) cause += ` (${this.#crashCause.message})`;
     let error = null;
     if (!expected) {
       error = new WorkerCrashedError(`the worker (${spawnError ? this.command[0] : `pid ${pid}`}) ${cause}`, {
         exitCode,
         signal,
         stderrTail: this.stderrTail,
-        cause: spawnError,
+        cause: spawnError ?? this.#crashCause ?? undefined,
       });
       this.#crash = error;
     }
@@ -384,7 +458,48 @@ export class LlamaWorkerClient extends EventEmitter {
       } catch {}
     }
     this.#resolveGone({ exitCode, signal });
-    this.emit('exit', { exitCode, signal, expected, error });
+    this.#emit('exit', { exitCode, signal, expected, error });
+  }
+
+  // -- user code ------------------------------------------------------------------
+
+  /**
+   * Call user code (a callback, a listener): what it throws, or the promise it
+   * returns rejects with, goes to 'callbackError' and never into the client.
+   */
+  #guard(callback, fn, args, thisArg = undefined) {
+    try {
+      const out = Reflect.apply(fn, thisArg, args);
+      if (out !== null && typeof out === 'object' && typeof out.then === 'function') {
+        out.then(undefined, (err) => this.#callbackFailed(err, callback));
+      }
+    } catch (err) {
+      this.#callbackFailed(err, callback);
+    }
+  }
+
+  /** Report a failed callback to the 'callbackError' listeners, or console.error when there is none. */
+  #callbackFailed(error, callback) {
+    const listeners = this.rawListeners('callbackError');
+    if (listeners.length === 0) {
+      consoleError(`llama-worker-client: ${callback} threw (add a 'callbackError' listener to handle this):`, error);
+      return;
+    }
+    for (const listener of listeners) {
+      try {
+        const out = listener.call(this, error, { callback });
+        if (out !== null && typeof out === 'object' && typeof out.then === 'function') {
+          out.then(undefined, (err) => consoleError("llama-worker-client: a 'callbackError' listener failed:", err));
+        }
+      } catch (err) {
+        consoleError("llama-worker-client: a 'callbackError' listener threw:", err);
+      }
+    }
+  }
+
+  /** emit() with every listener guarded: one that throws neither stops the others nor reaches the caller. */
+  #emit(event, ...args) {
+    for (const listener of this.rawListeners(event)) this.#guard(event, listener, args, this);
   }
 
   // -- plumbing ---------------------------------------------------------------
@@ -393,8 +508,8 @@ export class LlamaWorkerClient extends EventEmitter {
     const limit = this.#options.stderrTailBytes;
     const joined = Buffer.concat([this.#stderrTail, data]);
     this.#stderrTail = joined.length > limit ? joined.subarray(joined.length - limit) : joined;
-    this.#options.onStderr?.(data);
-    this.emit('stderr', data);
+    if (this.#options.onStderr) this.#guard('onStderr', this.#options.onStderr, [data]);
+    this.#emit('stderr', data);
   }
 
   #onData(data) {
@@ -403,52 +518,93 @@ export class LlamaWorkerClient extends EventEmitter {
     try {
       items = this.#decoder.push(data);
     } catch (err) {
-      this.#decoderFailed = true;
-      const error = new ProtocolViolationError(`unreadable output from the worker: ${err.message}`, { cause: err });
-      this.emit('protocolError', error);
-      // Nothing after a bad length prefix can be trusted.
-      this.#kill(error.message);
+      this.#fatal(new ProtocolViolationError(`unreadable output from the worker: ${err.message}`, { cause: err }));
       return;
     }
     for (const item of items) {
-      if (item instanceof FrameError) {
-        this.emit('protocolError', new ProtocolViolationError(`unreadable frame from the worker: ${item.message}`, { cause: item }));
-        continue;
-      }
-      this.#route(item);
+      if (this.#decoderFailed) return;
+      if (!(item instanceof FrameError)) this.#route(item);
+      else if (item.id !== null) this.#invalidReply(item.id, `an unreadable frame (${item.message})`, item, false);
+      else this.#fatal(new ProtocolViolationError(`unreadable output from the worker: ${item.message}`, { cause: item }));
     }
+  }
+
+  /** Output that cannot be trusted: report it and kill the worker (its exit fails every pending call). */
+  #fatal(error) {
+    if (this.#decoderFailed) return;
+    this.#decoderFailed = true;
+    this.#crashCause ??= error;
+    this.#emit('protocolError', error);
+    this.#kill(error.message);
+  }
+
+  /**
+   * A frame naming request `id` that is not a valid reply or event for it: that
+   * request alone fails with ProtocolViolationError (a job still running in the
+   * worker is aborted, its later frames dropped).
+   */
+  #invalidReply(id, what, cause, terminal) {
+    const entry = this.#pending.get(id);
+    const error = new ProtocolViolationError(`the worker sent ${what} for request ${JSON.stringify(id)}${entry ? ` (${entry.type})` : ''}`, { cause, requestId: id });
+    this.#emit('protocolError', error);
+    if (entry === undefined) return;
+    if (terminal || EVENT_OF[entry.type] === undefined) {
+      this.#pending.delete(id);
+    } else {
+      this.#abandon(id);
+      this.abort(id).catch(() => {});
+    }
+    try {
+      entry.onFail(error);
+    } catch {}
   }
 
   #route(msg) {
     const id = msg.id;
     if (id === null || id === undefined) {
-      if (msg.type === 'log') {
-        this.#options.onLog?.(msg.level, msg.message);
-        this.emit('log', msg);
-      } else if (msg.type === 'error') {
-        this.emit('workerError', errorFromFrame(msg));
-      } else {
-        this.emit('unknownMessage', msg);
-      }
+      this.#routeUnaddressed(msg);
       return;
     }
+    const known = TERMINAL_TYPES.has(msg.type) || EVENT_TYPES.has(msg.type);
     const entry = this.#pending.get(id);
     if (entry === undefined) {
-      if (msg.type === 'error') this.emit('workerError', errorFromFrame(msg));
-      else if (!TERMINAL_TYPES.has(msg.type) && !EVENT_TYPES.has(msg.type)) this.emit('unknownMessage', msg);
+      if (msg.type === 'error') this.#emit('workerError', errorFromFrame(msg));
+      else if (!known) this.#emit('unknownMessage', msg);
       return;
     }
-    if (EVENT_TYPES.has(msg.type)) {
-      entry.onEvent?.(msg);
-      return;
-    }
-    if (!TERMINAL_TYPES.has(msg.type)) {
+    if (!known) {
       // A message type this client does not know (a newer worker): ignore it.
-      this.emit('unknownMessage', msg);
+      this.#emit('unknownMessage', msg);
       return;
     }
-    this.#pending.delete(id);
-    entry.onTerminal(msg);
+    const problem = replyProblem(entry.type, msg);
+    if (problem !== null) {
+      this.#invalidReply(id, problem, undefined, TERMINAL_TYPES.has(msg.type));
+    } else if (EVENT_TYPES.has(msg.type)) {
+      entry.onEvent?.(msg);
+    } else {
+      this.#pending.delete(id);
+      entry.onTerminal(msg);
+    }
+  }
+
+  /** Frames with id null: `log`s, and errors about frames the worker could not read. */
+  #routeUnaddressed(msg) {
+    if (msg.type === 'log') {
+      if (this.#options.onLog) this.#guard('onLog', this.#options.onLog, [msg.level, msg.message]);
+      this.#emit('log', msg);
+    } else if (msg.type === 'error') {
+      const error = errorFromFrame(msg);
+      this.#emit('workerError', error);
+      if (LOST_REQUEST_CODES.has(error.code)) {
+        // Every request of this client has an id: one of them was lost, and its call would wait forever.
+        this.#fatal(new ProtocolViolationError(`the worker could not read a request (${error.code}: ${error.message})`, { cause: error }));
+      } else if (error.code === 'frame_too_large') {
+        this.#crashCause ??= error; // the worker exits with code 3
+      }
+    } else {
+      this.#emit('unknownMessage', msg);
+    }
   }
 
   /** Queue a frame; writes wait for 'drain' whenever stdin.write() returns false. */
@@ -508,22 +664,109 @@ export class LlamaWorkerClient extends EventEmitter {
   }
 
   /**
-   * Send a request, resolve with its terminal reply (reject on `error`).
+   * Send a request with a timeout and a signal. Returns {id, reply, cancel} at
+   * once; `reply` settles with the terminal message (rejects with the error of
+   * an `error` reply, a crash...). Throws, sending nothing, when `signal` is
+   * already aborted (its reason) or the request cannot be sent.
+   *
+   * Cancelling a job (`signal`, `timeout`, `cancel(error)`) sends `abort` for
+   * it and waits, up to abortTimeout, for its terminal reply, so the worker is
+   * idle again when the call settles; any other request is just forgotten (its
+   * late reply dropped). After the signal the call settles with the worker's
+   * terminal reply (an aborted load: AbortedError; a preload: complete false;
+   * a generation: stop_reason "aborted"), or rejects with `signal.reason` when
+   * none came; after a timeout (or cancel(error)) it rejects with
+   * WorkerTimeoutError (that error).
    * @param {{ type: string } & Record<string, unknown>} fields
-   * @param {{ internal?: boolean, onEvent?: (msg: any) => void }} [options]
+   * @param {{ signal?: AbortSignal, timeout?: number | null, onEvent?: (msg: any) => void, onReply?: (msg: any) => void, internal?: boolean }} [options]
    */
-  #call(fields, { internal = false, onEvent } = {}) {
-    return new Promise((resolve, reject) => {
-      this[kRequest](fields, {
-        internal,
-        onEvent,
-        onTerminal: (msg) => (msg.type === 'error' ? reject(errorFromFrame(msg)) : resolve(msg)),
-        onFail: reject,
-      });
+  [kSend](fields, { signal, timeout = null, onEvent, onReply, internal = false } = {}) {
+    if (signal?.aborted) throw signal.reason;
+    const job = JOB_TYPES.has(fields.type);
+    let resolve;
+    let reject;
+    const reply = new Promise((res, rej) => {
+      resolve = res;
+      reject = rej;
     });
+    let settled = false;
+    let cancelled = false;
+    let cancelError = null;
+    let grace = null;
+    let timer = null;
+    const settle = (ok, value) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(grace);
+      signal?.removeEventListener('abort', onSignal);
+      timer?.removeEventListener('abort', onTimeout);
+      (ok ? resolve : reject)(value);
+    };
+    const id = this[kRequest](fields, {
+      internal,
+      onEvent: (msg) => {
+        if (!settled) onEvent?.(msg);
+      },
+      onTerminal: (msg) => {
+        onReply?.(msg);
+        if (cancelError !== null) settle(false, cancelError);
+        else if (msg.type === 'error') settle(false, errorFromFrame(msg));
+        else settle(true, msg);
+      },
+      onFail: (err) => settle(false, err),
+    });
+    const cancel = (error, fallback = error) => {
+      if (settled || cancelled) return;
+      cancelled = true;
+      cancelError = error;
+      if (!job) {
+        this.#abandon(id);
+        settle(false, fallback);
+        return;
+      }
+      this.abort(id).catch(() => {});
+      grace = setTimeout(() => {
+        this.#abandon(id);
+        settle(false, fallback);
+      }, this.#options.abortTimeout);
+    };
+    const onSignal = () => cancel(null, signal.reason);
+    const onTimeout = () => cancel(new WorkerTimeoutError(`no reply to ${fields.type} (request ${id}) within ${timeout} ms${job ? '; it was aborted' : ''}`));
+    signal?.addEventListener('abort', onSignal, { once: true });
+    if (timeout !== null && timeout <= MAX_TIMER_MS) {
+      // AbortSignal.timeout's timer does not keep the process alive; the worker's pipes do.
+      timer = AbortSignal.timeout(Math.ceil(timeout));
+      timer.addEventListener('abort', onTimeout, { once: true });
+    }
+    return { id, reply, cancel };
   }
 
-  /** Forget a request we stopped waiting for (its late reply is dropped). */
+  /**
+   * Send a request and resolve with its terminal reply (see [kSend]); a
+   * request that cannot be sent rejects instead of throwing.
+   * @param {{ type: string } & Record<string, unknown>} fields
+   * @param {Parameters<LlamaWorkerClient[typeof kSend]>[1]} [options]
+   */
+  #call(fields, options) {
+    try {
+      return this[kSend](fields, options).reply;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** A call's timeout in ms (null: none): as given (null or Infinity: none), else requestTimeout for control calls, none for the others. */
+  #timeout(given, control = true) {
+    const value = given === undefined ? (control ? this.#options.requestTimeout : null) : given;
+    return value === null || value === Infinity ? null : value;
+  }
+
+  /** The send options of a control call from its checked call options. */
+  #control({ signal, timeout }) {
+    return { signal, timeout: this.#timeout(timeout) };
+  }
+
+  /** Forget a request we stopped waiting for (its late frames are dropped). */
   #abandon(id) {
     const entry = this.#pending.get(id);
     if (entry) {
@@ -532,108 +775,69 @@ export class LlamaWorkerClient extends EventEmitter {
   }
 
   // -- requests -----------------------------------------------------------------
+  //
+  // Every call takes `signal` (an AbortSignal) and `timeout` (ms; null: none)
+  // in its call options. Control calls time out after requestTimeout by
+  // default; generate, chat and load never do unless given one.
 
   /**
    * Liveness check; resolves with the round trip in milliseconds. Answered at
    * once, even during a load or generation.
-   * @param {{ timeout?: number }} [options]
+   * @param {import('./index.js').CallOptions} [options]
    */
   async ping(options = {}) {
+    const opts = callOptions(options, 'ping');
     const t0 = performance.now();
-    if (options.timeout == null) {
-      await this.#call({ type: 'ping' });
-      return performance.now() - t0;
-    }
-    let id;
-    const reply = new Promise((resolve, reject) => {
-      id = this[kRequest]({ type: 'ping' }, { onTerminal: resolve, onFail: reject });
-    });
-    reply.catch(() => {});
-    if (!(await settlesWithin(reply, options.timeout))) {
-      this.#abandon(id);
-      throw new WorkerTimeoutError(`no pong within ${options.timeout} ms`);
-    }
-    await reply;
+    await this.#call({ type: 'ping' }, this.#control(opts));
     return performance.now() - t0;
   }
 
   /**
    * Load a model (`modelPath` omitted or null: $LLAMA_WORKER_MODEL, else the
    * bundled default). Resolves with the model info. `onProgress` gets
-   * fractions 0..1; `signal` aborts the load (rejecting with AbortedError).
-   * Rejects with WorkerTimeoutError (after aborting) when no progress arrives
-   * for loadStallTimeout.
+   * fractions 0..1. Aborting `signal` aborts the load in the worker and
+   * settles with its answer (AbortedError, or the model when it was too late
+   * to stop). Rejects with WorkerTimeoutError (after aborting) at `timeout`,
+   * or when no progress arrives for loadStallTimeout.
    * @param {import('./index.js').LoadOptions} [options]
-   * @param {{ onProgress?: (fraction: number) => void, signal?: AbortSignal }} [callOptions]
+   * @param {import('./index.js').LoadCallOptions} [callOpts]
    */
-  load(options = {}, { onProgress, signal } = {}) {
+  load(options = {}, callOpts = {}) {
     const fields = toWireFields(options, LOAD_FIELDS, 'load');
-    return new Promise((resolve, reject) => {
-      let id = null;
-      let stall = null;
-      let settled = false;
-      const stallMs = this.#options.loadStallTimeout;
-      const finish = () => {
-        settled = true;
+    const { onProgress, signal, timeout } = callOptions(callOpts, 'load', ['onProgress']);
+    const stallMs = this.#options.loadStallTimeout;
+    let stall = null;
+    let request;
+    const armStall = () => {
+      clearTimeout(stall);
+      stall = setTimeout(() => request.cancel(new WorkerTimeoutError(`the load made no progress for ${stallMs} ms and was aborted`)), stallMs);
+    };
+    try {
+      request = this[kSend]({ type: 'load', ...fields }, {
+        signal,
+        timeout: this.#timeout(timeout, false),
+        onEvent: (msg) => {
+          armStall();
+          if (onProgress) this.#guard('onProgress', onProgress, [msg.fraction]);
+        },
+        onReply: (msg) => {
+          if (msg.type === 'loaded') this.model = msg.model;
+        },
+      });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    armStall();
+    return request.reply.then(
+      (msg) => {
         clearTimeout(stall);
-        signal?.removeEventListener('abort', onAbort);
-      };
-      const armStall = () => {
+        return msg.model;
+      },
+      (err) => {
         clearTimeout(stall);
-        stall = setTimeout(() => {
-          if (settled) return;
-          finish();
-          this.#abandon(id);
-          this.abort(id).catch(() => {});
-          reject(new WorkerTimeoutError(`the load made no progress for ${stallMs} ms and was aborted`));
-        }, stallMs);
-      };
-      const onAbort = () => {
-        if (!settled && id !== null) this.abort(id).catch(() => {});
-      };
-      try {
-        id = this[kRequest]({ type: 'load', ...fields }, {
-          onEvent: (msg) => {
-            if (settled) return;
-            armStall();
-            if (onProgress) {
-              try {
-                onProgress(msg.fraction);
-              } catch (err) {
-                // A throwing callback ends the load: abort it and surface the error.
-                finish();
-                this.#abandon(id);
-                this.abort(id).catch(() => {});
-                reject(err);
-              }
-            }
-          },
-          onTerminal: (msg) => {
-            if (settled) return;
-            finish();
-            if (msg.type === 'error') {
-              reject(errorFromFrame(msg));
-            } else {
-              this.model = msg.model;
-              resolve(msg.model);
-            }
-          },
-          onFail: (err) => {
-            if (settled) return;
-            finish();
-            reject(err);
-          },
-        });
-      } catch (err) {
-        reject(err);
-        return;
-      }
-      armStall();
-      if (signal) {
-        if (signal.aborted) onAbort();
-        else signal.addEventListener('abort', onAbort, { once: true });
-      }
-    });
+        throw err;
+      },
+    );
   }
 
   /**
@@ -642,32 +846,40 @@ export class LlamaWorkerClient extends EventEmitter {
    * `await stream.final()`. Errors (BusyError, NoModelError, BadRequestError,
    * ContextOverflowError, WorkerCrashedError...) are thrown by the iteration.
    * Breaking out of the loop, or aborting `signal`, aborts the generation on
-   * the worker; it then ends with `stop_reason` "aborted" (not an error).
+   * the worker; it then ends with `stop_reason` "aborted" (not an error). A
+   * signal aborted before the call sends nothing: the iteration throws its
+   * reason. `timeout`: the generation is aborted and rejects with
+   * WorkerTimeoutError after that many ms (default: none).
    * `options.session` names the chat session of the turn (default "default").
    * `options.responseFormat` constrains the reply to JSON: "json" (any JSON
    * object), a JSON Schema object, or the wire's {type, schema}; `done.incomplete`
    * then says whether the reply stopped before its JSON was complete.
    * @param {string | Array<{role: string, content: string}>} input
    * @param {import('./index.js').GenerateOptions} [options]
-   * @param {{ signal?: AbortSignal }} [callOptions]
+   * @param {import('./index.js').CallOptions} [callOpts]
    */
-  generate(input, options = {}, { signal } = {}) {
+  generate(input, options = {}, callOpts = {}) {
     const fields = toWireFields(options, GENERATE_FIELDS, 'generate');
+    const { signal, timeout } = callOptions(callOpts, 'generate');
     if (typeof fields.stop === 'string') fields.stop = [fields.stop];
     if (fields.response_format !== undefined) fields.response_format = toResponseFormat(fields.response_format);
     const message = { type: 'generate', input: toWireInput(input), ...fields };
-    return new Generation(this, message, signal, this.#options.abortTimeout);
+    return new Generation(this, message, { signal, timeout: this.#timeout(timeout, false) }, this.#options.abortTimeout);
   }
 
   /**
-   * One turn, resolving with the final result; chunks go to `onChunk` if given.
+   * One turn, resolving with the final result; chunks go to `onChunk` if given
+   * (what it throws is reported through 'callbackError'; the turn goes on).
    * @param {string | Array<{role: string, content: string}>} input
    * @param {import('./index.js').GenerateOptions} [options]
-   * @param {{ signal?: AbortSignal, onChunk?: (text: string) => void }} [callOptions]
+   * @param {import('./index.js').ChatCallOptions} [callOpts]
    */
-  async chat(input, options = {}, { signal, onChunk } = {}) {
-    const stream = this.generate(input, options, { signal });
-    for await (const text of stream) onChunk?.(text);
+  async chat(input, options = {}, callOpts = {}) {
+    const { onChunk, ...rest } = callOptions(callOpts, 'chat', ['onChunk']);
+    const stream = this.generate(input, options, rest);
+    for await (const text of stream) {
+      if (onChunk) this.#guard('onChunk', onChunk, [text]);
+    }
     return stream.result;
   }
 
@@ -680,15 +892,15 @@ export class LlamaWorkerClient extends EventEmitter {
    * schema keyword (PROTOCOL.md section 7.11): validate what matters.
    * @param {string | Array<{role: string, content: string}>} input
    * @param {import('./index.js').GenerateOptions} [options]
-   * @param {{ signal?: AbortSignal, onChunk?: (text: string) => void }} [callOptions]
+   * @param {import('./index.js').ChatCallOptions} [callOpts]
    */
-  async chatJson(input, options = {}, callOptions = {}) {
+  async chatJson(input, options = {}, callOpts = {}) {
     let withFormat = options;
     if (options == null || (typeof options === 'object' && !Array.isArray(options) && options.responseFormat == null && options.response_format == null)) {
       const { responseFormat: _camel, response_format: _wire, ...rest } = options ?? {};
       withFormat = { ...rest, responseFormat: 'json' };
     }
-    const result = await this.chat(input, withFormat, callOptions);
+    const result = await this.chat(input, withFormat, callOpts);
     if (result.incomplete) {
       throw new IncompleteOutputError(`the reply ended (${result.stop_reason}) before its JSON was complete`, { result });
     }
@@ -699,11 +911,13 @@ export class LlamaWorkerClient extends EventEmitter {
    * Stop `target` (a request id), or whatever job runs when omitted. Resolves
    * when the worker acknowledged (`ok`); a no-op once the worker is gone.
    * @param {number | string | null} [target]
+   * @param {import('./index.js').CallOptions} [options]
    */
-  async abort(target = null) {
+  async abort(target = null, options = {}) {
+    const opts = callOptions(options, 'abort');
     if (this.#child === null || this.#gone || this.ready === null) return;
     try {
-      await this.#call({ type: 'abort', target }, { internal: true });
+      await this.#call({ type: 'abort', target }, { ...this.#control(opts), internal: true });
     } catch (err) {
       if (!(err instanceof WorkerCrashedError || err instanceof ClientClosedError)) throw err;
     }
@@ -712,39 +926,25 @@ export class LlamaWorkerClient extends EventEmitter {
   /**
    * Clear a session's chat history (`session`, default "default").
    * `systemPrompt`: undefined/null keeps the current one, "" removes it, a
-   * string replaces it. Accepts a string or {systemPrompt, session}.
+   * string replaces it. Accepts a string or {systemPrompt, session, history}.
    * @param {string | null | import('./index.js').ResetOptions} [options]
+   * @param {import('./index.js').CallOptions} [callOpts]
    */
-  async reset(options = {}) {
+  async reset(options = {}, callOpts = {}) {
     const fields = typeof options === 'string' || options === null ? { system_prompt: options } : toWireFields(options, RESET_FIELDS, 'reset');
-    await this.#call({ type: 'reset', ...fields });
+    await this.#call({ type: 'reset', ...fields }, this.#control(callOptions(callOpts, 'reset')));
   }
 
   /**
    * Abort whatever runs and free the model, context and sessions (the worker
    * stays up and accepts `load`).
-   * @param {{ timeout?: number }} [options]
+   * @param {import('./index.js').CallOptions} [options]
    */
   async cleanup(options = {}) {
-    const timeout = options.timeout ?? null;
-    if (timeout === null) {
-      await this.#call({ type: 'cleanup' });
-    } else {
-      let id;
-      const reply = new Promise((resolve, reject) => {
-        id = this[kRequest]({ type: 'cleanup' }, {
-          onTerminal: (msg) => (msg.type === 'error' ? reject(errorFromFrame(msg)) : resolve(msg)),
-          onFail: reject,
-        });
-      });
-      reply.catch(() => {});
-      if (!(await settlesWithin(reply, timeout))) {
-        this.#abandon(id);
-        throw new WorkerTimeoutError(`cleanup did not complete within ${timeout} ms`);
-      }
-      await reply;
-    }
-    this.model = null;
+    const onReply = (msg) => {
+      if (msg.type === 'ok') this.model = null;
+    };
+    await this.#call({ type: 'cleanup' }, { ...this.#control(callOptions(options, 'cleanup')), onReply });
   }
 
   // -- tokens -----------------------------------------------------------------------
@@ -753,13 +953,16 @@ export class LlamaWorkerClient extends EventEmitter {
    * The model's token ids for `text`. `special`: parse special-token text
    * ("<|im_start|>") as those tokens and add BOS when the model wants one.
    * Answered on a thread of its own: never busy, also during a generation.
+   * A reply above maxFrameSize is ReplyTooLargeError.
    * @param {string} text
    * @param {import('./index.js').TokenizeOptions} [options]
+   * @param {import('./index.js').CallOptions} [callOpts]
    * @returns {Promise<number[]>}
    */
-  async tokenize(text, options = {}) {
+  async tokenize(text, options = {}, callOpts = {}) {
     if (typeof text !== 'string') throw new TypeError('tokenize() takes a string');
-    const reply = await this.#call({ type: 'tokenize', text, ...toWireFields(options, TOKENIZE_FIELDS, 'tokenize') });
+    const fields = toWireFields(options, TOKENIZE_FIELDS, 'tokenize');
+    const reply = await this.#call({ type: 'tokenize', text, ...fields }, this.#control(callOptions(callOpts, 'tokenize')));
     return reply.ids;
   }
 
@@ -769,13 +972,15 @@ export class LlamaWorkerClient extends EventEmitter {
    * Never busy, like tokenize().
    * @param {Iterable<number>} ids
    * @param {import('./index.js').DetokenizeOptions} [options]
+   * @param {import('./index.js').CallOptions} [callOpts]
    * @returns {Promise<string>}
    */
-  async detokenize(ids, options = {}) {
+  async detokenize(ids, options = {}, callOpts = {}) {
     if (ids == null || typeof ids === 'string' || typeof ids[Symbol.iterator] !== 'function') {
       throw new TypeError('detokenize() takes an array of token ids');
     }
-    const reply = await this.#call({ type: 'detokenize', ids: Array.from(ids), ...toWireFields(options, DETOKENIZE_FIELDS, 'detokenize') });
+    const fields = toWireFields(options, DETOKENIZE_FIELDS, 'detokenize');
+    const reply = await this.#call({ type: 'detokenize', ids: Array.from(ids), ...fields }, this.#control(callOptions(callOpts, 'detokenize')));
     return reply.text;
   }
 
@@ -787,10 +992,12 @@ export class LlamaWorkerClient extends EventEmitter {
    * n_ctx}); creates no session; never busy, like tokenize().
    * @param {string | Array<{role: string, content: string}> | null} [input]
    * @param {import('./index.js').CountOptions} [options]
+   * @param {import('./index.js').CallOptions} [callOpts]
    */
-  async countTokens(input = null, options = {}) {
+  async countTokens(input = null, options = {}, callOpts = {}) {
     const fields = toWireFields(options, COUNT_FIELDS, 'countTokens');
-    return this.#call({ type: 'count', input: input === null ? null : toWireInput(input), ...fields });
+    const message = { type: 'count', input: input === null ? null : toWireInput(input), ...fields };
+    return this.#call(message, this.#control(callOptions(callOpts, 'countTokens')));
   }
 
   // -- sessions -------------------------------------------------------------------
@@ -816,9 +1023,10 @@ export class LlamaWorkerClient extends EventEmitter {
   /**
    * Every session of the worker: the `session_list` message ({sessions,
    * cache_bytes, cache_budget_bytes}). Answered at once, also during a generation.
+   * @param {import('./index.js').CallOptions} [options]
    */
-  sessions() {
-    return this.#call({ type: 'sessions' });
+  sessions(options = {}) {
+    return this.#call({ type: 'sessions' }, this.#control(callOptions(options, 'sessions')));
   }
 
   /**
@@ -831,58 +1039,36 @@ export class LlamaWorkerClient extends EventEmitter {
    * it the same way.
    * @param {string | Array<{role: string, content: string}>} input
    * @param {import('./index.js').PreloadOptions} [options]
-   * @param {{ signal?: AbortSignal }} [callOptions]
+   * @param {import('./index.js').CallOptions} [callOpts]
    */
-  preload(input, options = {}, { signal } = {}) {
+  preload(input, options = {}, callOpts = {}) {
     const fields = toWireFields(options, PRELOAD_FIELDS, 'preload');
     const message = { type: 'preload', input: toWireInput(input), ...fields };
-    return new Promise((resolve, reject) => {
-      let id = null;
-      const onAbort = () => {
-        if (id !== null) this.abort(id).catch(() => {});
-      };
-      const finish = () => signal?.removeEventListener('abort', onAbort);
-      try {
-        id = this[kRequest](message, {
-          onTerminal: (msg) => {
-            finish();
-            if (msg.type === 'error') reject(errorFromFrame(msg));
-            else resolve(msg);
-          },
-          onFail: (err) => {
-            finish();
-            reject(err);
-          },
-        });
-      } catch (err) {
-        reject(err);
-        return;
-      }
-      if (signal) {
-        if (signal.aborted) onAbort();
-        else signal.addEventListener('abort', onAbort, { once: true });
-      }
-    });
+    return this.#call(message, this.#control(callOptions(callOpts, 'preload')));
   }
 
   /**
    * Forget a session and its cached KV state on the worker ("default" is
    * emptied instead).
    * @param {string} session
+   * @param {import('./index.js').CallOptions} [callOpts]
    */
-  async closeSession(session) {
+  async closeSession(session, callOpts = {}) {
     if (typeof session !== 'string') throw new TypeError('closeSession() takes a session name');
-    await this.#call({ type: 'close_session', session });
+    await this.#call({ type: 'close_session', session }, this.#control(callOptions(callOpts, 'closeSession')));
   }
 
   /**
    * Write a session's history and KV state to `path` (a path for the worker:
-   * relative to its cwd). Resolves with the `saved` message ({path, bytes, session}).
+   * relative to its cwd). Resolves with the `saved` message ({path, bytes,
+   * session}); a save aborted through `signal` rejects with AbortedError.
    * @param {string} path
    * @param {{ session?: string }} [options]
+   * @param {import('./index.js').CallOptions} [callOpts]
    */
-  async saveSession(path, options = {}) {
-    return this.#call({ type: 'save_session', path: checkPath(path, 'saveSession'), ...sessionField(options, 'saveSession') });
+  async saveSession(path, options = {}, callOpts = {}) {
+    const message = { type: 'save_session', path: checkPath(path, 'saveSession'), ...sessionField(options, 'saveSession') };
+    return this.#call(message, this.#control(callOptions(callOpts, 'saveSession')));
   }
 
   /**
@@ -892,10 +1078,22 @@ export class LlamaWorkerClient extends EventEmitter {
    * `session_mismatch`) and leaves the session as it was when it cannot.
    * @param {string} path
    * @param {{ session?: string }} [options]
+   * @param {import('./index.js').CallOptions} [callOpts]
    */
-  async restoreSession(path, options = {}) {
-    return this.#call({ type: 'restore_session', path: checkPath(path, 'restoreSession'), ...sessionField(options, 'restoreSession') });
+  async restoreSession(path, options = {}, callOpts = {}) {
+    const message = { type: 'restore_session', path: checkPath(path, 'restoreSession'), ...sessionField(options, 'restoreSession') };
+    return this.#call(message, this.#control(callOptions(callOpts, 'restoreSession')));
   }
+}
+
+/** What is wrong with `msg` as a reply or event of a `requestType` request, or null when nothing is. */
+function replyProblem(requestType, msg) {
+  if (msg.type === 'error') return typeof msg.code === 'string' ? null : 'an error without a string code';
+  const expected = EVENT_TYPES.has(msg.type) ? EVENT_OF[requestType] : REPLY_TYPE[requestType];
+  if (msg.type !== expected) return `a ${msg.type} message`;
+  const shape = SHAPE[msg.type];
+  if (shape !== undefined && !shape[1](msg[shape[0]])) return `a ${msg.type} message without a valid ${shape[0]}`;
+  return null;
 }
 
 function checkPath(path, what) {
@@ -954,14 +1152,14 @@ export class Session {
   }
 
   /** As client.countTokens(), in this session (`input` omitted: the conversation as it stands). */
-  countTokens(input = null) {
-    return this.client.countTokens(input, { session: this.name });
+  countTokens(input = null, callOptions = {}) {
+    return this.client.countTokens(input, { session: this.name }, callOptions);
   }
 
-  /** As client.reset(): a string (or null) is the system prompt, or {systemPrompt}. */
-  async reset(options = {}) {
+  /** As client.reset(): a string (or null) is the system prompt, or {systemPrompt, history}. */
+  async reset(options = {}, callOptions = {}) {
     const bound = typeof options === 'string' || options === null ? { systemPrompt: options } : options;
-    await this.client.reset(bindSession(bound, this.name, 'reset'));
+    await this.client.reset(bindSession(bound, this.name, 'reset'), callOptions);
   }
 
   /** As client.preload(), in this session. */
@@ -970,18 +1168,18 @@ export class Session {
   }
 
   /** Write this session to `path` (client.saveSession()). */
-  save(path) {
-    return this.client.saveSession(path, { session: this.name });
+  save(path, callOptions = {}) {
+    return this.client.saveSession(path, { session: this.name }, callOptions);
   }
 
   /** Replace this session with a saved one (client.restoreSession()). */
-  restore(path) {
-    return this.client.restoreSession(path, { session: this.name });
+  restore(path, callOptions = {}) {
+    return this.client.restoreSession(path, { session: this.name }, callOptions);
   }
 
   /** Forget this session on the worker (client.closeSession()); the handle stays usable. */
-  close() {
-    return this.client.closeSession(this.name);
+  close(callOptions = {}) {
+    return this.client.closeSession(this.name, callOptions);
   }
 
   /**
@@ -989,8 +1187,8 @@ export class Session {
    * kv_cached, active, kv_bytes, system_prompt}); all zero when the worker
    * does not know it (yet).
    */
-  async info() {
-    const listing = await this.client.sessions();
+  async info(callOptions = {}) {
+    const listing = await this.client.sessions(callOptions);
     const found = listing.sessions.find((s) => s.session === this.name);
     return found ?? { session: this.name, messages: 0, tokens: 0, kv_cached: false, active: false, kv_bytes: 0, system_prompt: null };
   }
@@ -1018,13 +1216,14 @@ export class Generation {
   #error = null;
   #draining = false;
   #abortSent = false;
-  #signal;
-  #onAbort;
   #resolveSettled;
   #settled;
 
-  /** @param {LlamaWorkerClient} client */
-  constructor(client, message, signal, abortTimeout) {
+  /**
+   * @param {LlamaWorkerClient} client
+   * @param {{ signal?: AbortSignal, timeout: number | null }} callOpts
+   */
+  constructor(client, message, callOpts, abortTimeout) {
     this.#client = client;
     this.#abortTimeout = abortTimeout;
     this.#settled = new Promise((resolve) => {
@@ -1037,20 +1236,15 @@ export class Generation {
     /** The text received so far (all chunks, whether or not iterated). */
     this.text = '';
     try {
-      this.id = client[kRequest](message, {
-        onEvent: (msg) => this.#onChunk(msg),
-        onTerminal: (msg) => (msg.type === 'error' ? this.#finish(null, errorFromFrame(msg)) : this.#finish(msg, null)),
-        onFail: (err) => this.#finish(null, err),
-      });
-      this.request = { ...message, id: this.id };
+      const { id, reply } = client[kSend](message, { ...callOpts, onEvent: (msg) => this.#onChunk(msg) });
+      this.id = id;
+      this.request = { ...message, id };
+      reply.then(
+        (msg) => this.#finish(msg, null),
+        (err) => this.#finish(null, err),
+      );
     } catch (err) {
       this.#finish(null, err);
-    }
-    if (signal && !this.finished) {
-      this.#signal = signal;
-      this.#onAbort = () => this.#sendAbort();
-      if (signal.aborted) this.#sendAbort();
-      else signal.addEventListener('abort', this.#onAbort, { once: true });
     }
   }
 
@@ -1070,7 +1264,7 @@ export class Generation {
   }
 
   #onChunk(msg) {
-    if (this.finished || msg.type !== 'chunk') return;
+    if (this.finished) return;
     this.text += msg.text;
     if (this.#draining) return;
     const waiter = this.#waiters.shift();
@@ -1082,7 +1276,6 @@ export class Generation {
     if (this.finished) return;
     this.#result = result;
     this.#error = error;
-    if (this.#signal) this.#signal.removeEventListener('abort', this.#onAbort);
     this.#resolveSettled();
     // Waiters only exist while the queue is empty.
     for (const waiter of this.#waiters.splice(0)) {
@@ -1139,4 +1332,3 @@ export class Generation {
     return this.final();
   }
 }
-

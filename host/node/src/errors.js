@@ -118,6 +118,15 @@ export class IncompleteOutputError extends LlamaWorkerError {
   }
 }
 
+/**
+ * The reply to this request would be larger than the largest frame this client
+ * reads (`maxFrameSize`, sent as `init.max_frame_size`): the worker answered
+ * with this error instead. Ask for less at a time, or raise `maxFrameSize`.
+ */
+export class ReplyTooLargeError extends LlamaWorkerError {
+  static defaultCode = 'reply_too_large';
+}
+
 /** The worker process died (or closed its output, or could not start) with requests pending. */
 export class WorkerCrashedError extends LlamaWorkerError {
   static defaultCode = 'worker_crashed';
@@ -149,7 +158,12 @@ export class ClientClosedError extends LlamaWorkerError {
   static defaultCode = 'closed';
 }
 
-/** The worker wrote something on stdout that is not a valid frame (a worker bug). */
+/**
+ * The worker wrote something that is not a valid frame, or not a valid reply
+ * to the request it names (a worker bug). Unreadable output is fatal (the
+ * worker is killed; this is the `cause` of the WorkerCrashedError); an invalid
+ * reply with a readable id fails that request only.
+ */
 export class ProtocolViolationError extends LlamaWorkerError {
   static defaultCode = 'protocol_violation';
 }
@@ -172,6 +186,7 @@ const BY_CODE = {
   internal: InternalError,
   session_mismatch: SessionFileError,
   bad_session_file: SessionFileError,
+  reply_too_large: ReplyTooLargeError,
 };
 
 /** The class an error code maps to (LlamaWorkerError for codes this client does not know). */

@@ -2,11 +2,19 @@
 // big-endian payload length, then that many bytes of UTF-8 JSON holding one
 // object with a string `type`.
 
-/** Default largest worker frame accepted (the spec asks hosts for at least 16 MiB). */
-export const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
+/**
+ * The one default limit on a frame's payload, both ways (PROTOCOL.md section
+ * 2.3): the largest worker frame this client reads (announced in
+ * `init.max_frame_size`, so the worker never writes a larger one), and the
+ * worker's default `--max-frame-size` for requests.
+ */
+export const DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024;
 
-/** The worker's default `--max-frame-size`: larger requests are fatal to it. */
-export const WORKER_DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024;
+/** The worker's default `--max-frame-size` (the same limit; kept as its own name). */
+export const WORKER_DEFAULT_MAX_FRAME_SIZE = DEFAULT_MAX_FRAME_SIZE;
+
+/** The least `init.max_frame_size` a host may announce: an `error` frame must always fit. */
+export const MIN_FRAME_SIZE = 4096;
 
 const HEADER = 4;
 const MAX_UINT32 = 0xffffffff;
@@ -21,17 +29,22 @@ function strictUtf8Decoder() {
   }
 }
 
-/** A frame that cannot be decoded. `fatal` means the stream can no longer be trusted. */
+/**
+ * A frame that cannot be decoded. `fatal` means the stream can no longer be
+ * trusted; `id` is the request id the payload names, when it is a JSON object
+ * with a readable (integer or string) `id`, else null.
+ */
 export class FrameError extends Error {
   /**
    * @param {string} message
-   * @param {{ fatal: boolean, payload?: Buffer }} details
+   * @param {{ fatal: boolean, payload?: Buffer, id?: number | string | null }} details
    */
   constructor(message, details) {
     super(message);
     this.name = 'FrameError';
     this.fatal = details.fatal;
     this.payload = details.payload;
+    this.id = details.id ?? null;
   }
 }
 
@@ -131,7 +144,8 @@ export class FrameDecoder {
       return new FrameError('frame payload is not a JSON object', { fatal: false, payload });
     }
     if (typeof value.type !== 'string') {
-      return new FrameError('frame payload has no string "type"', { fatal: false, payload });
+      const id = Number.isInteger(value.id) || typeof value.id === 'string' ? value.id : null;
+      return new FrameError('frame payload has no string "type"', { fatal: false, payload, id });
     }
     return value;
   }

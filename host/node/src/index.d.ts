@@ -60,6 +60,12 @@ export interface ClientOptions {
   cwd?: string;
   /** Milliseconds to wait for `ready` (default 60000). */
   handshakeTimeout?: number;
+  /**
+   * The default `timeout` of every control call (ping, cleanup, sessions, tokenize, detokenize,
+   * countTokens, reset, preload, closeSession, saveSession, restoreSession, abort), in ms
+   * (default 60000; null: none). generate, chat and load have none unless given one.
+   */
+  requestTimeout?: number | null;
   /** A load with no progress for this long (ms) is aborted and rejects with WorkerTimeoutError (default 120000). */
   loadStallTimeout?: number;
   /** close(): how long to wait for `cleanup` (default 5000 ms). */
@@ -68,21 +74,74 @@ export interface ClientOptions {
   exitTimeout?: number;
   /** close(): how long to wait after SIGTERM before SIGKILL (default 2000 ms). */
   termTimeout?: number;
-  /** Leaving a `for await` early: how long return() waits for the aborted generation to end (default 5000 ms). */
+  /**
+   * A cancelled job (signal, timeout, leaving a `for await` early): how long to wait for the worker
+   * to end it after sending `abort` (default 5000 ms).
+   */
   abortTimeout?: number;
-  /** Largest worker frame accepted (default 64 MiB); a larger one is fatal (the worker is killed). */
+  /**
+   * Largest worker frame read (default 16 MiB, at least 4096), sent as `init.max_frame_size`: the
+   * worker answers a request whose reply would be larger with ReplyTooLargeError. A larger frame
+   * is fatal (the worker is killed).
+   */
   maxFrameSize?: number;
-  /** Largest request payload sent (default 16 MiB, the worker's default --max-frame-size); larger requests throw BadRequestError. */
+  /**
+   * Largest request payload sent; larger requests throw BadRequestError (`frame_too_large`) unsent.
+   * Default: the worker's `ready.max_frame_size`, else 16 MiB (its default `--max-frame-size`).
+   */
   maxRequestSize?: number;
   /** How much stderr to keep for WorkerCrashedError.stderrTail (default 8192 bytes). */
   stderrTailBytes?: number;
   /** `init.log_level`: also receive worker log records at this level or above as 'log' events. */
   logLevel?: 'debug' | 'info' | 'warning' | 'error' | null;
-  /** Called for every `log` frame. */
-  onLog?: (level: Log['level'], message: string) => void;
+  /** Called for every `log` frame (what it throws goes to 'callbackError'). */
+  onLog?: (level: Log['level'], message: string) => unknown;
   /** Called for every chunk of stderr (stderr is always drained, whether or not this is set). */
-  onStderr?: (data: Buffer) => void;
+  onStderr?: (data: Buffer) => unknown;
 }
+
+/**
+ * What every call accepts besides its own options. Aborting `signal` cancels the call: a job the
+ * worker runs (load, generate, preload, reset, closeSession, saveSession, restoreSession) is
+ * aborted there and the call settles with the worker's answer once it came (an aborted load or
+ * save: AbortedError; a preload: `complete: false`; a generation: `stop_reason: "aborted"`), so
+ * the next job is never busy; any other call rejects with `signal.reason` at once. A signal
+ * already aborted throws its reason and sends nothing.
+ */
+export interface CallOptions {
+  signal?: AbortSignal;
+  /**
+   * Milliseconds before the call rejects with WorkerTimeoutError (a job is aborted first, as for
+   * `signal`); null or Infinity: none. Default: `requestTimeout` for control calls, none for
+   * generate, chat and load.
+   */
+  timeout?: number | null;
+}
+
+/** load()'s call options. */
+export interface LoadCallOptions extends CallOptions {
+  /** Load progress, 0..1 (what it throws goes to 'callbackError'; the load goes on). */
+  onProgress?: (fraction: number) => unknown;
+}
+
+/** chat()'s and chatJson()'s call options. */
+export interface ChatCallOptions extends CallOptions {
+  /** Each chunk of text (what it throws goes to 'callbackError'; the turn goes on). */
+  onChunk?: (text: string) => unknown;
+}
+
+/** The user code that threw: a callback option, or the event whose listener it was. */
+export type CallbackName =
+  | 'onLog'
+  | 'onStderr'
+  | 'onProgress'
+  | 'onChunk'
+  | 'log'
+  | 'stderr'
+  | 'exit'
+  | 'workerError'
+  | 'protocolError'
+  | 'unknownMessage';
 
 /**
  * load() options: camelCase names or the wire names (snake_case). Unknown
@@ -217,6 +276,8 @@ export interface LlamaWorkerClientEvents {
   workerError: [error: LlamaWorkerError];
   protocolError: [error: ProtocolViolationError];
   unknownMessage: [message: Record<string, unknown> & { type: string }];
+  /** A callback or listener threw (or its promise rejected); with no listener, console.error reports it. */
+  callbackError: [error: unknown, info: { callback: CallbackName }];
 }
 
 export declare class LlamaWorkerClient extends EventEmitter {
@@ -242,60 +303,62 @@ export declare class LlamaWorkerClient extends EventEmitter {
   readonly crashError: WorkerCrashedError | null;
   /** Resolves once the worker process is gone and its output read. */
   readonly exited: Promise<ExitInfo>;
+  /** The largest request payload sent: `maxRequestSize`, else the worker's `ready.max_frame_size`, else 16 MiB. */
+  readonly maxRequestSize: number;
 
   /** Spawn the worker and send `init` (idempotent); resolves with `ready`. */
   start(): Promise<Ready>;
   /** Liveness check; resolves with the round trip in milliseconds. */
-  ping(options?: { timeout?: number }): Promise<number>;
-  /** Load a model; resolves with its info. */
-  load(options?: LoadOptions, callOptions?: { onProgress?: (fraction: number) => void; signal?: AbortSignal }): Promise<ModelInfo>;
+  ping(options?: CallOptions): Promise<number>;
+  /** Load a model; resolves with its info. No timeout unless given; loadStallTimeout applies. */
+  load(options?: LoadOptions, callOptions?: LoadCallOptions): Promise<ModelInfo>;
   /**
    * Start a generation: an async iterator of text chunks. The final result is
    * `stream.result` after the loop, or `await stream.final()`.
    */
-  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal }): Generation;
+  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: CallOptions): Generation;
   /** One turn, resolving with the final result. */
-  chat(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<Done>;
+  chat(input: GenerateInput, options?: GenerateOptions, callOptions?: ChatCallOptions): Promise<Done>;
   /**
    * One turn whose reply is JSON (`responseFormat`, default "json"), resolving
    * with it parsed. Rejects with IncompleteOutputError when the reply stopped
    * before its JSON was complete. The type parameter is not checked: validate
    * what the grammar does not enforce.
    */
-  chatJson<T = unknown>(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<T>;
-  /** The model's token ids for `text`; never busy, also during a generation. */
-  tokenize(text: string, options?: TokenizeOptions): Promise<number[]>;
+  chatJson<T = unknown>(input: GenerateInput, options?: GenerateOptions, callOptions?: ChatCallOptions): Promise<T>;
+  /** The model's token ids for `text`; never busy, also during a generation. ReplyTooLargeError above maxFrameSize. */
+  tokenize(text: string, options?: TokenizeOptions, callOptions?: CallOptions): Promise<number[]>;
   /** The text of token ids; an id outside the vocabulary is a BadRequestError. Never busy. */
-  detokenize(ids: Iterable<number>, options?: DetokenizeOptions): Promise<string>;
+  detokenize(ids: Iterable<number>, options?: DetokenizeOptions, callOptions?: CallOptions): Promise<string>;
   /**
    * The prompt tokens a generate() of `input` would evaluate (`usage.prompt_tokens`, before trimming);
    * omitted/null: the session's conversation as it stands. Creates no session; never busy.
    */
-  countTokens(input?: GenerateInput | null, options?: CountOptions): Promise<TokenCount>;
+  countTokens(input?: GenerateInput | null, options?: CountOptions, callOptions?: CallOptions): Promise<TokenCount>;
   /** Stop a request by id, or whatever job runs. Resolves on the worker's `ok`; a no-op once the worker is gone. */
-  abort(target?: number | string | null): Promise<void>;
+  abort(target?: number | string | null, callOptions?: CallOptions): Promise<void>;
   /** Clear a session's chat history (optionally replacing its system prompt); the "default" session unless `session` says. */
-  reset(options?: string | null | ResetOptions): Promise<void>;
+  reset(options?: string | null | ResetOptions, callOptions?: CallOptions): Promise<void>;
   /** Abort what runs and free the model; the worker stays up. */
-  cleanup(options?: { timeout?: number }): Promise<void>;
+  cleanup(options?: CallOptions): Promise<void>;
   /** cleanup -> end stdin -> wait -> SIGTERM -> SIGKILL, each bounded. Idempotent. */
   close(): Promise<ExitInfo>;
 
   /** A handle on the chat session `name` (default "default"); the same object for the same name. */
   session(name?: string): Session;
   /** Every session of the worker; answered at once, also during a generation. */
-  sessions(): Promise<SessionList>;
+  sessions(options?: CallOptions): Promise<SessionList>;
   /**
    * Evaluate the prompt of a (possibly unfinished) input ahead of generate().
    * Any later job request interrupts it (never busy): it then resolves with `complete: false`.
    */
-  preload(input: GenerateInput, options?: PreloadOptions, callOptions?: { signal?: AbortSignal }): Promise<Preloaded>;
+  preload(input: GenerateInput, options?: PreloadOptions, callOptions?: CallOptions): Promise<Preloaded>;
   /** Forget a session and its cached KV state ("default" is emptied instead). */
-  closeSession(session: string): Promise<void>;
+  closeSession(session: string, callOptions?: CallOptions): Promise<void>;
   /** Write a session's history and KV state to `path` (a path for the worker). */
-  saveSession(path: string, options?: { session?: string }): Promise<Saved>;
+  saveSession(path: string, options?: { session?: string }, callOptions?: CallOptions): Promise<Saved>;
   /** Replace a session with a saved one; rejects with SessionFileError (session unchanged) when it cannot. */
-  restoreSession(path: string, options?: { session?: string }): Promise<Restored>;
+  restoreSession(path: string, options?: { session?: string }, callOptions?: CallOptions): Promise<Restored>;
 
   on<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
   once<K extends keyof LlamaWorkerClientEvents>(event: K, listener: (...args: LlamaWorkerClientEvents[K]) => void): this;
@@ -310,19 +373,19 @@ export declare class Session {
   private constructor();
   readonly client: LlamaWorkerClient;
   readonly name: string;
-  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal }): Generation;
-  chat(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<Done>;
-  chatJson<T = unknown>(input: GenerateInput, options?: GenerateOptions, callOptions?: { signal?: AbortSignal; onChunk?: (text: string) => void }): Promise<T>;
+  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: CallOptions): Generation;
+  chat(input: GenerateInput, options?: GenerateOptions, callOptions?: ChatCallOptions): Promise<Done>;
+  chatJson<T = unknown>(input: GenerateInput, options?: GenerateOptions, callOptions?: ChatCallOptions): Promise<T>;
   /** client.countTokens() in this session. */
-  countTokens(input?: GenerateInput | null): Promise<TokenCount>;
-  reset(options?: string | null | ResetOptions): Promise<void>;
-  preload(input: GenerateInput, options?: PreloadOptions, callOptions?: { signal?: AbortSignal }): Promise<Preloaded>;
-  save(path: string): Promise<Saved>;
-  restore(path: string): Promise<Restored>;
+  countTokens(input?: GenerateInput | null, callOptions?: CallOptions): Promise<TokenCount>;
+  reset(options?: string | null | ResetOptions, callOptions?: CallOptions): Promise<void>;
+  preload(input: GenerateInput, options?: PreloadOptions, callOptions?: CallOptions): Promise<Preloaded>;
+  save(path: string, callOptions?: CallOptions): Promise<Saved>;
+  restore(path: string, callOptions?: CallOptions): Promise<Restored>;
   /** Forget the session on the worker; the handle stays usable (the worker recreates it on next use). */
-  close(): Promise<void>;
+  close(callOptions?: CallOptions): Promise<void>;
   /** Its entry of client.sessions() (zeros when the worker does not know it). */
-  info(): Promise<SessionInfo>;
+  info(callOptions?: CallOptions): Promise<SessionInfo>;
 }
 
 /** An in-flight generation: iterate it for text chunks; the final `done` at the end. */
@@ -353,7 +416,7 @@ export declare class Generation implements AsyncIterableIterator<string> {
 
 export declare class LlamaWorkerError extends Error {
   constructor(message: string, options?: { code?: string; retryable?: boolean; requestId?: number | string | null; cause?: unknown });
-  /** A protocol ErrorCode, or one of the client's own: worker_crashed, timeout, closed, protocol_violation, not_started, incomplete_output. */
+  /** A protocol ErrorCode (reply_too_large included), or one of the client's own: worker_crashed, timeout, closed, protocol_violation, not_started, incomplete_output. */
   code: ErrorCode | 'worker_crashed' | 'timeout' | 'closed' | 'protocol_violation' | 'not_started' | 'incomplete_output' | (string & {});
   /** True when sending the same request again later can succeed unchanged. */
   retryable: boolean;
@@ -383,6 +446,9 @@ export declare class IncompleteOutputError extends LlamaWorkerError {
   /** The `done` message of the cut-short reply (`incomplete: true`). */
   result: Done;
 }
+/** reply_too_large: the reply would exceed maxFrameSize; ask for less at a time, or raise maxFrameSize. */
+export declare class ReplyTooLargeError extends LlamaWorkerError {}
+/** The process died, or was killed because its output could not be trusted (`cause`: the ProtocolViolationError). */
 export declare class WorkerCrashedError extends LlamaWorkerError {
   constructor(message: string, details: { exitCode: number | null; signal: string | null; stderrTail: string; cause?: unknown });
   exitCode: number | null;
@@ -390,8 +456,10 @@ export declare class WorkerCrashedError extends LlamaWorkerError {
   signal: string | null;
   stderrTail: string;
 }
+/** The worker did not answer in time: a call's `timeout` (or requestTimeout), the handshake, a stalled load. */
 export declare class WorkerTimeoutError extends LlamaWorkerError {}
 export declare class ClientClosedError extends LlamaWorkerError {}
+/** Unreadable output (fatal: the cause of a WorkerCrashedError), or an invalid reply to one request (`requestId`). */
 export declare class ProtocolViolationError extends LlamaWorkerError {}
 
 /** The class an error code maps to (LlamaWorkerError for unknown codes). */
@@ -401,11 +469,17 @@ export declare function errorFromFrame(frame: Pick<ErrorFrame, 'code' | 'message
 
 // -- framing ------------------------------------------------------------------
 
+/** 16 MiB: the default frame limit, both ways. */
 export declare const DEFAULT_MAX_FRAME_SIZE: number;
+/** The worker's default `--max-frame-size` (the same 16 MiB). */
 export declare const WORKER_DEFAULT_MAX_FRAME_SIZE: number;
+/** 4096: the least `maxFrameSize` (`init.max_frame_size`) allowed. */
+export declare const MIN_FRAME_SIZE: number;
 export declare class FrameError extends Error {
   fatal: boolean;
   payload?: Buffer;
+  /** The request id the payload names (a JSON object without a string `type`), else null. */
+  id: number | string | null;
 }
 /** 4-byte big-endian length + UTF-8 JSON. */
 export declare function encodeFrame(message: object): Buffer;

@@ -15,6 +15,7 @@ export {
   GenerationFailedError,
   InternalError,
   SessionFileError,
+  ReplyTooLargeError,
   IncompleteOutputError,
   WorkerCrashedError,
   WorkerTimeoutError,
@@ -23,5 +24,5 @@ export {
   errorFromFrame,
   errorClassForCode,
 } from './errors.js';
-export { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE } from './framing.js';
+export { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE } from './framing.js';
 export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS, PRELOAD_FIELDS, TOKENIZE_FIELDS, DETOKENIZE_FIELDS, COUNT_FIELDS, toResponseFormat } from './options.js';

@@ -96,7 +96,7 @@ export interface Error {
 }
 
 /** Every code an `error` frame can carry (pinned: add, never rename). */
-export type ErrorCode = "aborted" | "bad_frame" | "bad_session_file" | "busy" | "context_overflow" | "frame_too_large" | "generation_failed" | "internal" | "invalid_request" | "load_failed" | "model_not_found" | "no_model" | "not_initialized" | "protocol_mismatch" | "session_mismatch" | "unknown_type";
+export type ErrorCode = "aborted" | "bad_frame" | "bad_session_file" | "busy" | "context_overflow" | "frame_too_large" | "generation_failed" | "internal" | "invalid_request" | "load_failed" | "model_not_found" | "no_model" | "not_initialized" | "protocol_mismatch" | "reply_too_large" | "session_mismatch" | "unknown_type";
 
 /** Generate a reply (chat mode) or a continuation (completion mode). */
 export interface Generate {
@@ -164,6 +164,11 @@ export interface Init {
   protocol_version: number;
   /** @default null */
   log_level?: "debug" | "error" | "info" | "warning" | null;
+  /**
+   * Schema: integer, minimum 4096.
+   * @default null
+   */
+  max_frame_size?: number | null;
 }
 
 /** Load a model and create its context; replaces a loaded one on success. */
@@ -344,6 +349,11 @@ export interface Ready {
   /** Schema: integer. */
   pid: number;
   capabilities: string[];
+  /**
+   * Schema: integer.
+   * @default null
+   */
+  max_frame_size?: number | null;
 }
 
 /** Clear the chat history. */

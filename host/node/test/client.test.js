@@ -172,9 +172,14 @@ test('AbortSignal and break both abort; return() waits until the worker ended th
   const stream = client.generate('hang', {}, { signal: controller.signal });
   setImmediate(() => controller.abort());
   assert.equal((await stream.final()).stop_reason, 'aborted');
+  // A signal aborted before the call: nothing is sent, the generation fails with its reason.
   const pre = new AbortController();
   pre.abort();
-  assert.equal((await client.generate('hang', {}, { signal: pre.signal }).final()).stop_reason, 'aborted');
+  const frames = client.writeStats.frames;
+  const refused = client.generate('hang', {}, { signal: pre.signal });
+  assert.equal(refused.id, null);
+  await assert.rejects(refused.final(), (err) => err === pre.signal.reason);
+  assert.equal(client.writeStats.frames, frames);
   const words = client.generate(Array.from({ length: 200 }, (_, i) => `w${i} `).join(''));
   for await (const text of words) {
     assert.equal(text, 'w0 ');
@@ -186,12 +191,15 @@ test('AbortSignal and break both abort; return() waits until the worker ended th
   await client.close();
 });
 
-test('an unreadable frame is reported and the stream goes on; an oversized one kills the worker', async () => {
+test('unreadable output is fatal: the worker is killed and the call fails with WorkerCrashedError saying why', async () => {
   const client = fake('bad-frame');
   await client.start();
   const violation = once(client, 'protocolError');
-  await client.ping();
-  assert.ok((await violation)[0] instanceof ProtocolViolationError);
+  const bad = await client.ping().catch((e) => e);
+  assert.ok(bad instanceof WorkerCrashedError, String(bad));
+  assert.match(bad.message, /killed by the client: unreadable output from the worker: frame payload is not valid JSON/);
+  assert.ok(bad.cause instanceof ProtocolViolationError);
+  assert.equal((await violation)[0], bad.cause);
   await client.close();
 
   const fatal = fake('huge-frame');

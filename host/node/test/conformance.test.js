@@ -192,9 +192,11 @@ test('load errors: a missing file is ModelNotFoundError, an aborted load is Abor
   await assert.rejects(shared.load({ ...LOAD, modelPath: '/nonexistent/dir/model.gguf' }), (err) => err instanceof ModelNotFoundError && err.code === 'model_not_found');
   // init.log_level: a failed job's log frame comes before its error reply.
   assert.ok(logs.some((l) => l.level === 'warning' && l.message.includes('model_not_found')), JSON.stringify(logs));
+  // Aborted right after it was sent: the worker stops it while the weights load.
   const controller = new AbortController();
+  const aborted = shared.load({ ...LOAD, nCtx: 1024 }, { signal: controller.signal });
   controller.abort();
-  await assert.rejects(shared.load({ ...LOAD, nCtx: 1024 }, { signal: controller.signal }), AbortedError);
+  await assert.rejects(aborted, AbortedError);
   assert.equal((await shared.generate('Hi', { maxTokens: 2 }).final()).type, 'done');
 });
 

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { FrameDecoder, FrameError, encodeFrame } from '../src/framing.js';
+import { DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encodeFrame } from '../src/framing.js';
 
 test('encodes the spec example byte for byte (section 2.2)', () => {
   const frame = encodeFrame({ type: 'ping', id: 1 });
@@ -63,10 +63,12 @@ test('keeps a partial frame until the rest arrives', () => {
   assert.deepEqual(decoder.push(frame.subarray(9)), [{ type: 'ok', id: 1 }]);
 });
 
-test('a 20 MiB frame in 64 KiB reads', () => {
+test('a 20 MiB frame in 64 KiB reads (under a raised limit; the default is 16 MiB)', () => {
+  assert.equal(DEFAULT_MAX_FRAME_SIZE, 16 * 1024 * 1024);
   const big = { type: 'done', id: 1, text: 'y'.repeat(20 * 1024 * 1024) };
   const bytes = encodeFrame(big);
-  const decoder = new FrameDecoder();
+  assert.throws(() => new FrameDecoder().push(bytes.subarray(0, 4)), (err) => err instanceof FrameError && err.fatal);
+  const decoder = new FrameDecoder({ maxFrameSize: 32 * 1024 * 1024 });
   const out = [];
   for (let i = 0; i < bytes.length; i += 65536) out.push(...decoder.push(bytes.subarray(i, i + 65536)));
   assert.equal(out.length, 1);
@@ -102,5 +104,7 @@ test('unreadable payloads are reported and the stream stays aligned', () => {
   assert.equal(out.length, 6);
   for (const item of out.slice(0, 5)) assert.ok(item instanceof FrameError && !item.fatal, String(item));
   assert.match(out[1].message, /UTF-8/);
+  // A JSON object without a string type: the request id it names is kept, so the host can fail that request.
+  assert.deepEqual(out.slice(0, 5).map((item) => item.id), [null, null, null, 5, null]);
   assert.deepEqual(out[5], { type: 'pong', id: 9 });
 });
