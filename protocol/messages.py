@@ -276,7 +276,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     n_layer: int = 0
     """Layers of the model."""
     gpu_layers_offloaded: int = 0
-    """Layers actually on a GPU (0 when the build cannot offload, whatever was asked)."""
+    """Layers llama.cpp puts on a GPU for this request: derived from `n_gpu_layers`, `n_layer` and
+    whether the build can offload (0 when it cannot), not read back from llama.cpp."""
 
 
 class Loaded(_Message, tag="loaded", kw_only=True):

@@ -16,7 +16,7 @@ from worker.chat_format import (
     formatter_for_builtin,
 )
 from worker.errors import WorkerError
-from worker.generation import StopMatcher
+from worker.output_filters import StopMatcher
 from worker.session import ChatSession, Turn, fit_to_context
 
 # ---------------------------------------------------------------------------

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from .llama_worker import LlamaWorker
     from .parent_watch import watch_parent
-    from .server import EXIT_INTERNAL, EXIT_PARENT_GONE, LogFrameHandler, WorkerServer, exit_now
+    from .log_frames import LogFrameHandler
+    from .server import WorkerServer
+    from .shutdown import EXIT_INTERNAL, EXIT_PARENT_GONE, exit_now
     from .stdio import FrameWriter
 
     writer = FrameWriter(fds.frames)

@@ -1,8 +1,10 @@
-"""The decode loop: prompt in, text chunks out, with stop sequences and abort.
+"""The decode loop: the per-token path of a generation, kept short and visible.
 
-Kept apart from the session and the wire so that the per-token path is short
-and visible: sample (native), check end of generation, turn bytes into text,
-hold back what could be the start of a stop sequence, emit, decode (native).
+Sample (native), check end of generation, turn bytes into text, pass it
+through the output filters (which hold back what could be the start of a stop
+sequence), emit, decode the token (native). Prompt evaluation happens before
+(the pipeline's evaluate stage); what becomes of the text after (the session,
+the reply) is the commit stage's.
 """
 
 from __future__ import annotations
@@ -12,57 +14,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .llama_backend import Context, DecodeAborted, Model, Sampler, SamplingParams
-
-
-class StopMatcher:
-    """Finds stop sequences in streamed text without ever emitting part of one.
-
-    Text that could be the beginning of a stop sequence is held back until
-    the next piece shows whether it is one.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = [s for s in stops if s]
-        self._pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return (text safe to emit, whether a stop sequence ended it)."""
-        if not self._stops:
-            return text, False
-        buf = self._pending + text
-        cut = -1
-        for stop in self._stops:
-            idx = buf.find(stop)
-            if idx != -1 and (cut == -1 or idx < cut):
-                cut = idx
-        if cut != -1:
-            self._pending = ""
-            return buf[:cut], True
-        hold = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(buf)), hold, -1):
-                if buf.endswith(stop[:n]):
-                    hold = n
-                    break
-        self._pending = buf[len(buf) - hold :] if hold else ""
-        return buf[: len(buf) - hold], False
-
-    def flush(self) -> str:
-        out, self._pending = self._pending, ""
-        return out
+from .llama_backend import Context, Model, Sampler
+from .output_filters import OutputFilter
 
 
 @dataclass
-class Outcome:
+class Decoded:
+    """What the loop produced."""
+
     text: str
     stop_reason: str
-    prompt_tokens: int
-    cached_tokens: int
     completion_tokens: int
     ttft_ms: float
-    prompt_ms: float
+    """From `started_at` to the first emitted text."""
     decode_s: float
+    """From the first emitted text to the end."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -72,35 +38,25 @@ class Outcome:
         return (self.completion_tokens - 1) / self.decode_s
 
 
-def generate(
+def decode(
     model: Model,
     context: Context,
-    prompt: Sequence[int],
-    sampling: SamplingParams,
+    sampler: Sampler,
     max_tokens: int,
-    stop: Sequence[str],
+    budget: int,
     stop_tokens: frozenset[int],
+    filters: Sequence[OutputFilter],
     emit: Callable[[str], None],
     should_abort: Callable[[], bool],
     started_at: float,
-    grammar: object | None = None,
-    allow_shift: bool = False,
-) -> Outcome:
-    """Evaluate `prompt` (reusing the cache) and stream up to `max_tokens` tokens."""
-    t_prompt = time.perf_counter()
+) -> Decoded:
+    """Generate up to `max_tokens` tokens (and at most `budget`, the room left in the context)."""
     out: list[str] = []
+    t_first = 0.0
     ttft_ms = 0.0
     n_gen = 0
-    try:
-        cached = context.evaluate(prompt, should_abort, allow_shift)
-    except DecodeAborted:
-        return Outcome("", "aborted", len(prompt), 0, 0, 0.0, (time.perf_counter() - t_prompt) * 1000, 0.0)
-    prompt_ms = (time.perf_counter() - t_prompt) * 1000
-    budget = context.n_ctx - len(prompt)
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    matcher = StopMatcher(stop)
-    t_first = 0.0
     reason = "max_tokens"
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def send(text: str) -> None:
         nonlocal t_first, ttft_ms
@@ -110,35 +66,43 @@ def generate(
         out.append(text)
         emit(text)
 
+    def through_filters(text: str) -> tuple[str, bool]:
+        for f in filters:
+            text, stop = f.feed(text)
+            if stop:
+                return text, True
+        return text, False
+
     is_eog = model.is_eog
     piece = model.piece
-    history = prompt[-max(sampling.repeat_last_n, 0) :] if sampling.repeat_last_n else ()
-    with Sampler(model, sampling, history, grammar) as sampler:  # type: ignore[arg-type]
-        while True:
-            if should_abort():
-                reason = "aborted"
-                break
-            token = sampler.sample(context)
-            if is_eog(token) or token in stop_tokens:
-                reason = "eos"
-                break
-            n_gen += 1
-            text, matched = matcher.feed(utf8.decode(piece(token)))
-            if text:
-                send(text)
-            if matched:
-                reason = "stop_sequence"
-                break
-            if n_gen >= max_tokens:
-                reason = "max_tokens"
-                break
-            if n_gen >= budget:
-                reason = "context_full"
-                break
-            context.decode_one(token)
+    while True:
+        if should_abort():
+            reason = "aborted"
+            break
+        token = sampler.sample(context)
+        if is_eog(token) or token in stop_tokens:
+            reason = "eos"
+            break
+        n_gen += 1
+        text, stopped = through_filters(utf8.decode(piece(token)))
+        if text:
+            send(text)
+        if stopped:
+            reason = "stop_sequence"
+            break
+        if n_gen >= max_tokens:
+            reason = "max_tokens"
+            break
+        if n_gen >= budget:
+            reason = "context_full"
+            break
+        context.decode_one(token)
     if reason != "stop_sequence":
-        tail = matcher.feed(utf8.decode(b"", final=True))[0] + matcher.flush()
+        # What the decoder and each filter still hold, passed on down the chain.
+        tail = utf8.decode(b"", final=True)
+        for f in filters:
+            tail = f.feed(tail)[0] + f.flush()
         if tail:
             send(tail)
     decode_s = time.perf_counter() - t_first if t_first else 0.0
-    return Outcome("".join(out), reason, len(prompt), cached, n_gen, ttft_ms, prompt_ms, decode_s)
+    return Decoded("".join(out), reason, n_gen, ttft_ms, decode_s)

@@ -1,4 +1,7 @@
-"""The one module that touches llama-cpp-python.
+"""The one module that drives llama.cpp (through llama-cpp-python's ctypes API).
+
+(`structured.py` also imports llama-cpp-python, for its pure-Python JSON
+Schema to GBNF converter; the grammar it produces is compiled here.)
 
 We use its low-level ctypes mirror of `llama.h`, not the high-level `Llama`
 class, because the worker needs what `Llama` hides: a load progress callback
@@ -193,7 +196,9 @@ class ModelParams:
 class Model:
     """A loaded GGUF model and its vocabulary. Free with `close()`.
 
-    Not thread-safe: like everything here, use it from the model thread only.
+    Not thread-safe. The model thread owns it; the vocabulary reads
+    (`tokenize`, `detokenize`, `token_text`) also run on the token thread,
+    under `LlamaWorker`'s guard lock, so never while the model is loaded or freed.
     """
 
     def __init__(self, path: str, params: ModelParams, progress: Callable[[float], bool] | None = None) -> None:
@@ -297,9 +302,6 @@ class Model:
         raw = C.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
-    def description(self) -> str:
-        return _read_str(lambda buf, n: C.llama_model_desc(self.ptr, buf, n)) or ""
-
     @property
     def n_ctx_train(self) -> int:
         return int(C.llama_model_n_ctx_train(self.ptr))
@@ -315,10 +317,6 @@ class Model:
     @property
     def n_swa(self) -> int:
         return int(C.llama_model_n_swa(self.ptr))
-
-    @property
-    def is_recurrent(self) -> bool:
-        return bool(C.llama_model_is_recurrent(self.ptr) or C.llama_model_is_hybrid(self.ptr))
 
     # -- vocabulary ------------------------------------------------------
 
@@ -417,6 +415,12 @@ class ContextParams:
     n_threads: int = 1
     flash_attn: bool | None = False
     """None: llama.cpp decides."""
+    kv_type: str = "f16"
+    """The KV cache's element type, keys and values (a key of `KV_TYPES`)."""
+
+
+#: KV cache element types by name (what a saved session's layout records).
+KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
 
 
 #: Context shift: tokens of the prompt that must match the cache after the cut...
@@ -442,6 +446,7 @@ class Context:
         cp.n_threads = params.n_threads
         cp.n_threads_batch = params.n_threads
         cp.no_perf = True
+        cp.type_k = cp.type_v = KV_TYPES[params.kv_type]
         if params.flash_attn is None:
             cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
         else:
@@ -660,8 +665,8 @@ class Context:
         return {
             "flash_attn": self.params.flash_attn,
             "n_seq_max": 1,
-            "type_k": "f16",
-            "type_v": "f16",
+            "type_k": self.params.kv_type,
+            "type_v": self.params.kv_type,
             # llama.cpp's state format, and its automatic flash-attention choice, can change between builds.
             "llama_cpp_python": LIBRARY_VERSION,
         }

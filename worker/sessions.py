@@ -132,10 +132,6 @@ class SessionStore:
             self._snapshots[name] = snap
             return True
 
-    def drop_snapshots(self) -> None:
-        with self.lock:
-            self._snapshots.clear()
-
     @property
     def cache_bytes(self) -> int:
         return sum(s.nbytes for s in self._snapshots.values())
