@@ -35,7 +35,15 @@ STAMP       := $(VENV)/.setup-$(BUILD_KEY)
 
 .PHONY: setup demo test test-fast soak bench schema clean distclean
 
-setup: $(STAMP)
+NODE_DEPS := host/node/node_modules/.package-lock.json
+
+setup: $(STAMP) $(NODE_DEPS)
+
+# The Node.js host's dev dependencies (TypeScript, for its type check), when npm exists.
+$(NODE_DEPS): host/node/package.json host/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd host/node && npm ci --no-audit --no-fund && touch node_modules/.package-lock.json; \
+	else echo "npm not found: skipping the Node.js host's dev dependencies"; fi
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,8 +69,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 	@if command -v node >/dev/null 2>&1 && [ -d host/node ]; then \
-	  echo "node --test host/node/test/"; \
-	  cd host/node && LLAMA_WORKER_PYTHON=$(CURDIR)/$(PY) node --test test/; \
+	  echo "npm run typecheck; node --test host/node/test/"; \
+	  cd host/node && npm run --silent typecheck && \
+	  LLAMA_WORKER_PYTHON=$(CURDIR)/$(PY) node --test test/; \
 	else echo "node not found: skipping the Node.js host suite"; fi
 
 # Full-count reliability runs; figures land in reliability-results.json.

@@ -109,7 +109,7 @@ export class IncompleteOutputError extends LlamaWorkerError {
 
   /**
    * @param {string} message
-   * @param {{ result: object, cause?: unknown }} details
+   * @param {{ result: import('./protocol.js').Done, cause?: unknown }} details
    */
   constructor(message, details) {
     super(message, { cause: details.cause });
@@ -168,8 +168,14 @@ export class ProtocolViolationError extends LlamaWorkerError {
   static defaultCode = 'protocol_violation';
 }
 
-/** @type {Record<string, typeof LlamaWorkerError>} */
-const BY_CODE = {
+/**
+ * Every protocol ErrorCode -> its class. Exactly the codes of the protocol
+ * (test/error-codes.test.js checks it against protocol/schema.json, and each
+ * class's retryable default against protocol/errors.py). Internal: index.js
+ * exports errorClassForCode() instead.
+ * @type {Readonly<Record<import('./protocol.js').ErrorCode, typeof LlamaWorkerError>>}
+ */
+export const BY_CODE = Object.freeze({
   bad_frame: BadRequestError,
   frame_too_large: BadRequestError,
   invalid_request: BadRequestError,
@@ -187,11 +193,15 @@ const BY_CODE = {
   session_mismatch: SessionFileError,
   bad_session_file: SessionFileError,
   reply_too_large: ReplyTooLargeError,
-};
+});
 
-/** The class an error code maps to (LlamaWorkerError for codes this client does not know). */
+/**
+ * The class an error code maps to (LlamaWorkerError for codes this client does not know).
+ * @param {string} code
+ * @returns {typeof LlamaWorkerError}
+ */
 export function errorClassForCode(code) {
-  return Object.prototype.hasOwnProperty.call(BY_CODE, code) ? BY_CODE[code] : LlamaWorkerError;
+  return Object.prototype.hasOwnProperty.call(BY_CODE, code) ? BY_CODE[/** @type {import('./protocol.js').ErrorCode} */ (code)] : LlamaWorkerError;
 }
 
 /**

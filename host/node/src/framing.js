@@ -16,10 +16,19 @@ export const WORKER_DEFAULT_MAX_FRAME_SIZE = DEFAULT_MAX_FRAME_SIZE;
 /** The least `init.max_frame_size` a host may announce: an `error` frame must always fit. */
 export const MIN_FRAME_SIZE = 4096;
 
+/**
+ * A decoded payload: a JSON object with a string `type` (a WorkerMessage when
+ * the worker keeps to the protocol; the client checks what it relies on).
+ * @typedef {Record<string, unknown> & { type: string }} DecodedMessage
+ */
+
 const HEADER = 4;
 const MAX_UINT32 = 0xffffffff;
 
-/** UTF-8 decoding that rejects invalid bytes (lenient only on Node builds without ICU, where `fatal` is unsupported). */
+/**
+ * UTF-8 decoding that rejects invalid bytes (lenient only on Node builds without ICU, where `fatal` is unsupported).
+ * @returns {(bytes: Buffer) => string}
+ */
 function strictUtf8Decoder() {
   try {
     const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -96,7 +105,7 @@ export class FrameDecoder {
    * stream stays aligned after those). Throws a fatal FrameError when a length
    * prefix exceeds maxFrameSize: nothing after it can be trusted.
    * @param {Buffer | Uint8Array} data
-   * @returns {Array<object | FrameError>}
+   * @returns {Array<DecodedMessage | FrameError>}
    */
   push(data) {
     if (this._failed) throw new FrameError('the decoder already failed on a fatal frame', { fatal: true });
@@ -126,7 +135,10 @@ export class FrameDecoder {
     return out;
   }
 
-  /** @param {Buffer} payload */
+  /**
+   * @param {Buffer} payload
+   * @returns {DecodedMessage | FrameError}
+   */
   _decode(payload) {
     let text;
     try {
@@ -138,7 +150,7 @@ export class FrameDecoder {
     try {
       value = JSON.parse(text);
     } catch (err) {
-      return new FrameError(`frame payload is not valid JSON: ${err.message}`, { fatal: false, payload });
+      return new FrameError(`frame payload is not valid JSON: ${/** @type {Error} */ (err).message}`, { fatal: false, payload });
     }
     if (value === null || typeof value !== 'object' || Array.isArray(value)) {
       return new FrameError('frame payload is not a JSON object', { fatal: false, payload });
@@ -150,7 +162,11 @@ export class FrameDecoder {
     return value;
   }
 
-  /** Remove and return the first n buffered bytes (n <= buffered). */
+  /**
+   * Remove and return the first n buffered bytes (n <= buffered).
+   * @param {number} n
+   * @returns {Buffer}
+   */
   _take(n) {
     this._buffered -= n;
     if (n === 0) return Buffer.alloc(0);

@@ -280,7 +280,7 @@ export interface LlamaWorkerClientEvents {
   callbackError: [error: unknown, info: { callback: CallbackName }];
 }
 
-export declare class LlamaWorkerClient extends EventEmitter {
+export declare class LlamaWorkerClient extends EventEmitter implements AsyncDisposable {
   constructor(options?: ClientOptions);
   /** Spawn a worker and complete the handshake. */
   static start(options?: ClientOptions): Promise<LlamaWorkerClient>;
@@ -343,6 +343,11 @@ export declare class LlamaWorkerClient extends EventEmitter {
   cleanup(options?: CallOptions): Promise<void>;
   /** cleanup -> end stdin -> wait -> SIGTERM -> SIGKILL, each bounded. Idempotent. */
   close(): Promise<ExitInfo>;
+  /**
+   * close(), for `await using client = await LlamaWorkerClient.start(...)` (where the runtime has
+   * Symbol.asyncDispose: Node.js 18.18 / 20.4 and later).
+   */
+  [Symbol.asyncDispose](): Promise<void>;
 
   /** A handle on the chat session `name` (default "default"); the same object for the same name. */
   session(name?: string): Session;

@@ -1,5 +1,9 @@
 // llama-worker-client: the Node.js host client of llama-worker (plain ESM, no dependencies).
-export { LlamaWorkerClient, Generation, Session, DEFAULT_SESSION, PROTOCOL_VERSION, PARENT_ENV_VAR, defaultPython, resolveCommand } from './client.js';
+// The public surface, typed by index.d.ts; the modules behind it are listed in README.md.
+export { LlamaWorkerClient, PROTOCOL_VERSION } from './client.js';
+export { Generation } from './generation.js';
+export { Session, DEFAULT_SESSION } from './session.js';
+export { PARENT_ENV_VAR, defaultPython, resolveCommand } from './process.js';
 export {
   LlamaWorkerError,
   BadRequestError,

@@ -98,21 +98,26 @@ export function toWireFields(options, table, what) {
 /**
  * Normalise a generate input: a string (the next user turn, or the text to
  * continue in completion mode) or a list of {role, content} messages (extra
- * properties are dropped).
+ * properties are dropped). The roles and contents are the worker's to check.
+ * @param {unknown} input
+ * @returns {string | import('./protocol.js').ChatMessage[]}
  */
 export function toWireInput(input) {
   if (typeof input === 'string') return input;
   if (Array.isArray(input)) {
     return input.map((m, i) => {
       if (m === null || typeof m !== 'object') throw new TypeError(`input[${i}] must be a {role, content} object`);
-      return { role: m.role, content: m.content };
+      const { role, content } = /** @type {import('./protocol.js').ChatMessage} */ (m);
+      return { role, content };
     });
   }
   throw new TypeError('input must be a string or an array of {role, content} messages');
 }
 
-const RESPONSE_FORMAT_TYPES = new Set(['json', 'json_schema']);
-
+/**
+ * @param {unknown} value
+ * @returns {value is Record<string, unknown>}
+ */
 function isPlainObject(value) {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
@@ -125,17 +130,19 @@ function isPlainObject(value) {
  * sent as it is; any other object is a bare JSON Schema, sent as
  * {type: "json_schema", schema}.
  * @param {unknown} value
+ * @returns {import('./protocol.js').ResponseFormat | null}
  */
 export function toResponseFormat(value) {
   if (value === null) return null;
   if (value === 'json') return { type: 'json' };
   if (isPlainObject(value)) {
-    const keys = Object.keys(value);
-    if (RESPONSE_FORMAT_TYPES.has(value.type) && keys.every((k) => k === 'type' || k === 'schema')) {
-      if (value.schema !== undefined && value.schema !== null && !isPlainObject(value.schema)) {
-        throw new TypeError(`responseFormat.schema must be a JSON Schema object or null, not ${JSON.stringify(value.schema)}`);
+    const { type, schema } = value;
+    if ((type === 'json' || type === 'json_schema') && Object.keys(value).every((k) => k === 'type' || k === 'schema')) {
+      if (schema === undefined) return { type };
+      if (schema !== null && !isPlainObject(schema)) {
+        throw new TypeError(`responseFormat.schema must be a JSON Schema object or null, not ${JSON.stringify(schema)}`);
       }
-      return value.schema === undefined ? { type: value.type } : { type: value.type, schema: value.schema };
+      return { type, schema };
     }
     return { type: 'json_schema', schema: value };
   }

@@ -156,6 +156,17 @@ test('close() escalates: end stdin, then SIGTERM, then SIGKILL, each bounded', a
   await assert.rejects(client.generate('x').final(), ClientClosedError);
 });
 
+test('Symbol.asyncDispose (`await using`) closes the worker in order', async () => {
+  const client = fake();
+  await client.start();
+  assert.equal(typeof client[Symbol.asyncDispose], 'function');
+  assert.equal(Object.keys(LlamaWorkerClient.prototype).length, 0, 'a method like the others, not enumerable');
+  assert.equal(await client[Symbol.asyncDispose](), undefined);
+  assert.equal(client.alive, false);
+  assert.deepEqual(await client.exited, { exitCode: 0, signal: null });
+  assert.equal(pidExists(client.pid), false);
+});
+
 test('close() during a generation: cleanup aborts it, then the worker exits 0', async () => {
   const client = fake();
   await client.start();
