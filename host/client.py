@@ -973,4 +973,4 @@ class Session:
         return SessionInfo(session=self.name, messages=0, tokens=0, kv_cached=False, active=False, kv_bytes=0)
 
 
-__all__ = ["USE_CLIENT_DEFAULT", "AsyncClient", "Generation", "Result", "Session", "Timeout", "default_worker_command", "Aborted"]
+__all__ = ["USE_CLIENT_DEFAULT", "AsyncClient", "Generation", "Result", "Session", "Timeout", "default_worker_command", "response_format"]
