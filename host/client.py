@@ -54,7 +54,6 @@ from protocol import (
 )
 
 from .exceptions import (
-    Aborted,
     BadRequest,
     IncompleteOutput,
     LlamaWorkerError,
@@ -89,6 +88,10 @@ Timeout = float | None | _UseClientDefault
 _WORK_REQUESTS = (protocol.Load, protocol.Generate, protocol.Preload, protocol.SaveSession, protocol.RestoreSession, protocol.Reset, protocol.CloseSession)
 #: Replies that are events of a request, not its end.
 _EVENTS = (Chunk, Progress)
+
+
+class _Stalled(Exception):
+    """No reply for a request's stall timeout (a load that stopped making progress)."""
 
 
 def response_format(value: Any) -> ResponseFormat | None:
@@ -651,29 +654,47 @@ class AsyncClient:
     def _timeout(self, timeout: Timeout) -> float | None:
         return self.request_timeout if isinstance(timeout, _UseClientDefault) else timeout
 
-    async def _call(self, msg: msgspec.Struct, wp: _WorkerProcess | None = None, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> Any:
+    async def _call(
+        self,
+        msg: msgspec.Struct,
+        wp: _WorkerProcess | None = None,
+        *,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+        on_event: Callable[[Any], None] | None = None,
+        stall_timeout: float | None = None,
+    ) -> Any:
         """Send a request and wait, at most `timeout`, for its terminal reply (raising on `error`).
 
-        A timeout or a cancellation withdraws the request first (see `_withdraw`).
+        Events go to `on_event`; with `stall_timeout`, a gap that long between
+        two replies gives up too. A timeout or a cancellation withdraws the
+        request first (see `_withdraw`).
         """
         seconds = self._timeout(timeout)
+        tag = msg.__struct_config__.tag
         waiter = await self._open(msg, wp)
         try:
             with anyio.fail_after(seconds):
                 try:
-                    return await self._terminal(waiter)
+                    return await self._terminal(waiter, on_event, stall_timeout)
                 except anyio.get_cancelled_exc_class():
                     with anyio.CancelScope(shield=True):
                         await self._withdraw(msg, waiter)
                     raise
+                except _Stalled:
+                    with anyio.CancelScope(shield=True):
+                        await self._withdraw(msg, waiter)
+                    raise WorkerTimeout(f"the {tag} made no progress for {stall_timeout} s and was aborted") from None
         except TimeoutError:
-            tag = msg.__struct_config__.tag
-            raise WorkerTimeout(f"no reply to {tag} {msg.id!r} within {seconds} s") from None  # type: ignore[attr-defined]
+            aborted = " and was aborted" if isinstance(msg, _WORK_REQUESTS) else ""
+            raise WorkerTimeout(f"no reply to {tag} {msg.id!r} within {seconds} s{aborted}") from None  # type: ignore[attr-defined]
 
     @staticmethod
-    async def _terminal(waiter: _Waiter, on_event: Callable[[Any], None] | None = None) -> Any:
+    async def _terminal(waiter: _Waiter, on_event: Callable[[Any], None] | None = None, stall_timeout: float | None = None) -> Any:
         while True:
-            reply = await waiter.receive.receive()
+            with anyio.move_on_after(stall_timeout) as stall:
+                reply = await waiter.receive.receive()
+            if stall.cancelled_caught:
+                raise _Stalled
             if isinstance(reply, BaseException):
                 raise reply
             if isinstance(reply, Error):
@@ -738,34 +759,13 @@ class AsyncClient:
         wp: _WorkerProcess | None = None,
     ) -> ModelInfo:
         request = protocol.Load(id=self._next_id(), model_path=path, **options)
-        waiter = await self._open(request, wp)
 
-        # Event by event: every progress restarts the stall timer.
-        try:
-            with anyio.fail_after(timeout):
-                try:
-                    while True:
-                        with anyio.move_on_after(self.load_stall_timeout) as stall:
-                            reply = await waiter.receive.receive()
-                        if stall.cancelled_caught:
-                            with anyio.CancelScope(shield=True):
-                                await self._withdraw(request, waiter)
-                            raise WorkerTimeout(f"the load made no progress for {self.load_stall_timeout} s and was aborted")
-                        if isinstance(reply, BaseException):
-                            raise reply
-                        if isinstance(reply, Progress):
-                            if on_progress is not None:
-                                self._callback("on_progress", on_progress, reply.fraction)
-                            continue
-                        if isinstance(reply, Error):
-                            raise error_from_frame(reply.code, reply.message, reply.retryable)
-                        break
-                except anyio.get_cancelled_exc_class():
-                    with anyio.CancelScope(shield=True):
-                        await self._withdraw(request, waiter)
-                    raise
-        except TimeoutError:
-            raise WorkerTimeout(f"the load did not finish within its timeout of {timeout} s and was aborted") from None
+        def progress(event: Progress) -> None:
+            if on_progress is not None:
+                self._callback("on_progress", on_progress, event.fraction)
+
+        # Every progress event restarts the stall timer.
+        reply = await self._call(request, wp, timeout=timeout, on_event=progress, stall_timeout=self.load_stall_timeout)
         assert isinstance(reply, Loaded)
         self.model = reply.model
         self._load_options = {"model_path": path, **options}

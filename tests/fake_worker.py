@@ -8,7 +8,8 @@ worker and `ping` with `pong`; what it does on any other request is MODE:
 - `truncated`: the first bytes of a frame, then exits;
 - `bad_reply`: a reply with the request's id whose fields are invalid;
 - `silent`: nothing, ever (but keeps reading);
-- `exit_on_load`: exits with code 7 on `load`.
+- `exit_on_load`: exits with code 7 on `load`;
+- `exit`: says it cannot serve the request (on stderr) and exits with code 3.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def _misbehave(mode: str, msg: protocol.Request) -> None:
     elif mode == "exit_on_load" and isinstance(msg, protocol.Load):
         sys.stderr.write("fake worker: exiting on load\n")
         sys.exit(7)
+    elif mode == "exit":
+        sys.stderr.write(f"fake worker: cannot serve {type(msg).__name__}, exiting\n")
+        sys.stderr.flush()
+        sys.exit(3)
 
 
 def main(mode: str) -> None:

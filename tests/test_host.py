@@ -431,30 +431,9 @@ async def test_auto_restart_after_a_crash() -> None:
         assert turn2.usage.prompt_tokens > turn1.usage.prompt_tokens + turn1.usage.completion_tokens
 
 
-FAKE_WORKER = r"""
-import os, sys
-import protocol
-
-reader = protocol.request_reader()
-while True:
-    data = os.read(0, 65536)
-    if not data:
-        sys.exit(0)
-    for msg in reader.feed(data):
-        if isinstance(msg, protocol.Init):
-            os.write(1, protocol.encode(protocol.Ready(
-                id=msg.id, protocol_version=msg.protocol_version, worker_version="fake",
-                llama_cpp_version="none", pid=os.getpid(), capabilities=[])))
-        else:
-            sys.stderr.write("fake worker: cannot serve " + type(msg).__name__ + ", exiting\n")
-            sys.stderr.flush()
-            sys.exit(3)
-"""
-
-
 @pytest.mark.anyio
 async def test_worker_exiting_on_its_own_mid_request_is_worker_crashed() -> None:
-    async with AsyncClient([sys.executable, "-c", FAKE_WORKER], cwd=REPO_ROOT) as client:
+    async with AsyncClient([sys.executable, "-m", "tests.fake_worker", "exit"], cwd=REPO_ROOT) as client:
         assert client.ready is not None and client.ready.worker_version == "fake"
         pid = client.pid
         with anyio.fail_after(10), pytest.raises(WorkerCrashed) as info:

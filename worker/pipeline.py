@@ -159,7 +159,8 @@ class Decode:
         assert state.sampling is not None
         stops = [*request.stop, *loaded.stop_strings] if state.chat else list(request.stop)
         filters: list[OutputFilter] = [StopMatcher(stops)]
-        repeat_window = state.prompt[-REPEAT_LAST_N:]
+        # The prompt's tail, as the repetition penalty would have seen it.
+        repeat_window = state.prompt[-state.sampling.repeat_last_n :] if state.sampling.repeat_last_n > 0 else []
         with Sampler(loaded.model, state.sampling, repeat_window, state.grammar) as sampler:  # type: ignore[arg-type]
             state.decoded = decode(
                 loaded.model,

@@ -31,7 +31,7 @@ from .handlers import Handlers
 from .lanes import Job, JobLane, Lane
 from .llama_worker import LlamaWorker
 from .log_frames import LogFrameHandler
-from .routes import ROUTES, Route
+from .routes import ROUTES
 from .shutdown import EXIT_FATAL_FRAME, EXIT_OK, EXIT_PARENT_GONE, Shutdown, pipe_hung_up
 from .stdio import FINAL_FLUSH_S, FrameWriter
 
@@ -145,7 +145,7 @@ class WorkerServer:
             return
         job: Job[Request] = Job(msg, route.lane)
         if route.lane is Lane.INLINE:
-            self._writer.send(self._handle(job, route=route))
+            self._writer.send(self._handle(job))
         elif route.lane is Lane.AUX:
             self._aux.put(job)  # beside the model thread: never busy, never in a generation's way
         else:
@@ -157,12 +157,12 @@ class WorkerServer:
     # every lane
     # ------------------------------------------------------------------
 
-    def _handle(self, job: Job[Request], *, route: Route | None = None, log_failures: bool = False) -> Any:
+    def _handle(self, job: Job[Request], *, log_failures: bool = False) -> Any:
         """Run a request's handler; its reply, or the `error` reply that replaces it."""
         req = job.request
         tag = req.__struct_config__.tag
         try:
-            return (route or ROUTES[type(req)]).handler(self._handlers, job)
+            return ROUTES[type(req)].handler(self._handlers, job)
         except WorkerError as exc:
             if log_failures:
                 level = logging.ERROR if exc.code in (ErrorCode.GENERATION_FAILED, ErrorCode.INTERNAL) else logging.WARNING
