@@ -33,7 +33,7 @@ BUILD_KEY   := $(shell printf '%s|%s' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMA
 WHEEL_DIR   := .wheels/$(BUILD_KEY)
 STAMP       := $(VENV)/.setup-$(BUILD_KEY)
 
-.PHONY: setup demo test test-fast soak bench schema clean distclean
+.PHONY: setup demo test lint test-fast soak bench schema clean distclean
 
 NODE_DEPS := host/node/node_modules/.package-lock.json
 
@@ -66,13 +66,18 @@ demo: setup
 	$(PY) -m host.demo
 
 # The Node.js host's conformance suite runs whenever node is on the PATH.
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
 	@if command -v node >/dev/null 2>&1 && [ -d host/node ]; then \
 	  echo "npm run typecheck; node --test host/node/test/"; \
 	  cd host/node && npm run --silent typecheck && \
 	  LLAMA_WORKER_PYTHON=$(CURDIR)/$(PY) node --test test/; \
 	else echo "node not found: skipping the Node.js host suite"; fi
+
+# ruff (lint and import order) and mypy --strict over protocol/, worker/ and host/ (config in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Full-count reliability runs; figures land in reliability-results.json.
 soak: setup

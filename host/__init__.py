@@ -18,7 +18,7 @@
 
 from protocol import Done, ModelInfo
 
-from .client import USE_CLIENT_DEFAULT, AsyncClient, Generation, Result, Session, default_worker_command, response_format
+from .client import AsyncClient
 from .exceptions import (
     Aborted,
     BadRequest,
@@ -40,37 +40,48 @@ from .exceptions import (
     WorkerCrashed,
     WorkerTimeout,
 )
+from .generation import Generation
+from .options import USE_CLIENT_DEFAULT, ChatInput, GenerateOptions, LoadOptions, SessionGenerateOptions, Timeout, response_format
+from .session import Session
 from .sync import Client, SyncGeneration, SyncSession
+from .transport import ProcessTransport, Transport, WorkerStreams, default_worker_command
 
 __all__ = [
     "Aborted",
     "AsyncClient",
     "BadRequest",
+    "ChatInput",
     "Busy",
     "Client",
     "ContextOverflow",
     "Done",
     "Generation",
+    "GenerateOptions",
     "GenerationFailed",
     "IncompleteOutput",
     "InternalError",
     "LlamaWorkerError",
+    "LoadOptions",
     "LoadFailed",
     "ModelError",
     "ModelInfo",
     "ModelNotFound",
     "NoModel",
     "NotInitialized",
+    "ProcessTransport",
     "ProtocolMismatch",
     "ProtocolViolation",
     "ReplyTooLarge",
-    "Result",
     "Session",
     "SessionFileError",
+    "SessionGenerateOptions",
     "USE_CLIENT_DEFAULT",
     "SyncGeneration",
     "SyncSession",
+    "Timeout",
+    "Transport",
     "WorkerCrashed",
+    "WorkerStreams",
     "WorkerTimeout",
     "default_worker_command",
     "response_format",

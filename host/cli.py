@@ -119,6 +119,7 @@ def describe_sessions(client: Client, current: str) -> str:
 def interactive(client: Client, args: argparse.Namespace) -> None:
     options = _options(args)
     session = "default"
+    assert client.model is not None, "interactive() runs after load()"
     print(f"model: {client.model.name} ({client.model.chat_format}, n_ctx {client.model.n_ctx}). {HELP}", file=sys.stderr)
     while True:
         try:

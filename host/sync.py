@@ -8,17 +8,24 @@ the protocol, not two.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from protocol import DEFAULT_SESSION, Done, ModelInfo, Preloaded, Saved, SessionInfo, SessionList, TokenCount
+import protocol
+from protocol import DEFAULT_SESSION, ChatMessage, Done, LogLevel, ModelInfo, Preloaded, Ready, Saved, SessionInfo, SessionList, TokenCount
 
-from .client import USE_CLIENT_DEFAULT, AsyncClient, ChatInput, Generation, Session, Timeout
+from .client import AsyncClient
+from .generation import Generation
+from .options import USE_CLIENT_DEFAULT, ChatInput, GenerateOptions, LoadOptions, Message, SessionGenerateOptions, Timeout
+from .session import Session
+from .transport import Transport
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class SyncGeneration:
@@ -71,13 +78,47 @@ class SyncGeneration:
 
 
 class Client:
-    """Blocking client: `with Client() as client: client.load(); client.chat("Hi")`."""
+    """Blocking client: `with Client() as client: client.load(); client.chat("Hi")`.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Takes `AsyncClient`'s arguments; every method is `AsyncClient`'s, run to
+    completion on the portal's event loop.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        transport: Transport | None = None,
+        handshake_timeout: float = 60.0,
+        load_stall_timeout: float = 120.0,
+        shutdown_timeout: float = 5.0,
+        request_timeout: float | None = 60.0,
+        max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
+        auto_restart: bool = False,
+        log_level: LogLevel | None = None,
+        on_log: Callable[[str, str], None] | None = None,
+        on_callback_error: Callable[[BaseException, str], None] | None = None,
+    ) -> None:
         self._portal_cm = start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
         try:
-            self._async = AsyncClient(*args, **kwargs)
+            self._async = AsyncClient(
+                command,
+                env=env,
+                cwd=cwd,
+                transport=transport,
+                handshake_timeout=handshake_timeout,
+                load_stall_timeout=load_stall_timeout,
+                shutdown_timeout=shutdown_timeout,
+                request_timeout=request_timeout,
+                max_frame_size=max_frame_size,
+                auto_restart=auto_restart,
+                log_level=log_level,
+                on_log=on_log,
+                on_callback_error=on_callback_error,
+            )
             self._client_cm = self._portal.wrap_async_context_manager(self._async)
             self._client_cm.__enter__()
         except BaseException:
@@ -89,75 +130,119 @@ class Client:
     def async_client(self) -> AsyncClient:
         return self._async
 
-    def __getattr__(self, name: str) -> Any:
-        # Read-only state (ready, model, pid, alive, history, stderr_tail).
-        return getattr(self._async, name)
+    # -- state (read on the caller's thread: plain attributes of the async client) --
 
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    @property
+    def ready(self) -> Ready | None:
+        return self._async.ready
+
+    @property
+    def model(self) -> ModelInfo | None:
+        return self._async.model
+
+    @property
+    def pid(self) -> int | None:
+        return self._async.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._async.alive
+
+    @property
+    def stderr_tail(self) -> str:
+        return self._async.stderr_tail
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        return self._async.history
+
+    def _run(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
         return self._portal.call(functools.partial(fn, *args, **kwargs))
 
+    # -- requests ---------------------------------------------------------------
+
     def ping(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> float:
-        return self._call(self._async.ping, timeout=timeout)
+        return self._run(self._async.ping, timeout=timeout)
 
     def load(
-        self, model_path: Any = None, *, on_progress: Callable[[float], None] | None = None, timeout: float | None = None, **options: Any
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        on_progress: Callable[[float], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[LoadOptions],
     ) -> ModelInfo:
-        return self._call(self._async.load, model_path, on_progress=on_progress, timeout=timeout, **options)
+        return self._run(self._async.load, model_path, on_progress=on_progress, timeout=timeout, **options)
 
-    def generate(self, input: ChatInput, **options: Any) -> SyncGeneration:
-        return SyncGeneration(self._portal, self._call(self._async.generate, input, **options))
+    def generate(self, input: ChatInput, *, timeout: float | None = None, **options: Unpack[GenerateOptions]) -> SyncGeneration:
+        return SyncGeneration(self._portal, self._run(self._async.generate, input, timeout=timeout, **options))
 
-    def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
-        with self.generate(input, **options) as stream:
+    def chat(
+        self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, timeout: float | None = None, **options: Unpack[GenerateOptions]
+    ) -> Done:
+        with self.generate(input, timeout=timeout, **options) as stream:
             for text in stream:
                 if on_chunk is not None:
                     self._async._callback("on_chunk", on_chunk, text)
         assert stream.result is not None
         return stream.result
 
-    def chat_as(self, input: ChatInput, type: type[T], **options: Any) -> T:
-        return self._call(self._async.chat_as, input, type, **options)
+    def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[GenerateOptions]) -> T:
+        decoded: T = self._run(self._async.chat_as, input, type, timeout=timeout, **options)
+        return decoded
 
     def tokenize(self, text: str, *, special: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[int]:
-        return self._call(self._async.tokenize, text, special=special, timeout=timeout)
+        return self._run(self._async.tokenize, text, special=special, timeout=timeout)
 
     def detokenize(self, ids: Sequence[int], *, special: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT) -> str:
-        return self._call(self._async.detokenize, ids, special=special, timeout=timeout)
+        return self._run(self._async.detokenize, ids, special=special, timeout=timeout)
 
     def count_tokens(self, input: ChatInput | None = None, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> TokenCount:
-        return self._call(self._async.count_tokens, input, session=session, timeout=timeout)
+        return self._run(self._async.count_tokens, input, session=session, timeout=timeout)
 
     def abort(self, target: int | str | None = None, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
-        self._call(self._async.abort, target, timeout=timeout)
+        self._run(self._async.abort, target, timeout=timeout)
 
-    def reset(self, system_prompt: str | None = None, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
-        self._call(self._async.reset, system_prompt, session=session, timeout=timeout)
+    def reset(
+        self,
+        system_prompt: str | None = None,
+        *,
+        session: str = DEFAULT_SESSION,
+        history: Sequence[Message] | Sequence[ChatMessage] | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> None:
+        self._run(self._async.reset, system_prompt, session=session, history=history, timeout=timeout)
 
     def session(self, name: str = DEFAULT_SESSION) -> SyncSession:
         return SyncSession(self, self._async.session(name))
 
+    def session_history(self, session: str) -> list[dict[str, str]]:
+        return self._async.session_history(session)
+
     def sessions(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionList:
-        return self._call(self._async.sessions, timeout=timeout)
+        return self._run(self._async.sessions, timeout=timeout)
 
     def preload(
         self, input: ChatInput, *, session: str = DEFAULT_SESSION, max_tokens: int = 512, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> Preloaded:
-        return self._call(self._async.preload, input, session=session, max_tokens=max_tokens, timeout=timeout)
+        return self._run(self._async.preload, input, session=session, max_tokens=max_tokens, timeout=timeout)
 
     def close_session(self, session: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
-        self._call(self._async.close_session, session, timeout=timeout)
+        self._run(self._async.close_session, session, timeout=timeout)
 
-    def save_session(self, path: Any, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> Saved:
-        return self._call(self._async.save_session, path, session=session, timeout=timeout)
+    def save_session(self, path: str | os.PathLike[str], *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> Saved:
+        return self._run(self._async.save_session, path, session=session, timeout=timeout)
 
-    def restore_session(self, path: Any, *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
-        return self._call(self._async.restore_session, path, session=session, timeout=timeout)
+    def restore_session(
+        self, path: str | os.PathLike[str], *, session: str = DEFAULT_SESSION, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> SessionInfo:
+        return self._run(self._async.restore_session, path, session=session, timeout=timeout)
 
     def cleanup(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
-        self._call(self._async.cleanup, timeout=timeout)
+        self._run(self._async.cleanup, timeout=timeout)
 
-    def restart(self) -> Any:
-        return self._call(self._async.restart)
+    def restart(self) -> Ready:
+        return self._run(self._async.restart)
 
     def close(self) -> None:
         if self._closed:
@@ -187,32 +272,40 @@ class SyncSession:
     def history(self) -> list[dict[str, str]]:
         return self._session.history
 
-    def generate(self, input: ChatInput, **options: Any) -> SyncGeneration:
-        return self._client.generate(input, session=self.name, **options)
+    def generate(self, input: ChatInput, *, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]) -> SyncGeneration:
+        return self._client.generate(input, timeout=timeout, session=self.name, **options)
 
-    def chat(self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, **options: Any) -> Done:
-        return self._client.chat(input, on_chunk=on_chunk, session=self.name, **options)
+    def chat(
+        self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]
+    ) -> Done:
+        return self._client.chat(input, on_chunk=on_chunk, timeout=timeout, session=self.name, **options)
 
-    def chat_as(self, input: ChatInput, type: type[T], **options: Any) -> T:
-        return self._client.chat_as(input, type, session=self.name, **options)
+    def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]) -> T:
+        return self._client.chat_as(input, type, timeout=timeout, session=self.name, **options)
 
-    def count_tokens(self, input: ChatInput | None = None) -> TokenCount:
-        return self._client.count_tokens(input, session=self.name)
+    def count_tokens(self, input: ChatInput | None = None, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> TokenCount:
+        return self._client.count_tokens(input, session=self.name, timeout=timeout)
 
-    def reset(self, system_prompt: str | None = None) -> None:
-        self._client.reset(system_prompt, session=self.name)
+    def reset(
+        self,
+        system_prompt: str | None = None,
+        *,
+        history: Sequence[Message] | Sequence[ChatMessage] | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> None:
+        self._client.reset(system_prompt, session=self.name, history=history, timeout=timeout)
 
-    def preload(self, input: ChatInput, *, max_tokens: int = 512) -> Preloaded:
-        return self._client.preload(input, session=self.name, max_tokens=max_tokens)
+    def preload(self, input: ChatInput, *, max_tokens: int = 512, timeout: Timeout = USE_CLIENT_DEFAULT) -> Preloaded:
+        return self._client.preload(input, session=self.name, max_tokens=max_tokens, timeout=timeout)
 
-    def save(self, path: Any) -> Saved:
-        return self._client.save_session(path, session=self.name)
+    def save(self, path: str | os.PathLike[str], *, timeout: Timeout = USE_CLIENT_DEFAULT) -> Saved:
+        return self._client.save_session(path, session=self.name, timeout=timeout)
 
-    def restore(self, path: Any) -> SessionInfo:
-        return self._client.restore_session(path, session=self.name)
+    def restore(self, path: str | os.PathLike[str], *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
+        return self._client.restore_session(path, session=self.name, timeout=timeout)
 
-    def close(self) -> None:
-        self._client.close_session(self.name)
+    def close(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        self._client.close_session(self.name, timeout=timeout)
 
-    def info(self) -> SessionInfo:
-        return self._client._call(self._session.info)
+    def info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
+        return self._client._run(self._session.info, timeout=timeout)

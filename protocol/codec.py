@@ -45,7 +45,7 @@ class MessageDecoder(Generic[M]):
     """Validating decoder for one direction of the protocol."""
 
     def __init__(self, union: Any, known_types: frozenset[str], *, side: str) -> None:
-        self._decoder = msgspec.json.Decoder(union)
+        self._decoder: msgspec.json.Decoder[M] = msgspec.json.Decoder(union)
         self._known_types = known_types
         self._side = side
 

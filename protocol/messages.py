@@ -11,7 +11,7 @@ what lets either side add fields without breaking the other.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -22,7 +22,7 @@ from .framing import MIN_FRAME_SIZE
 PROTOCOL_VERSION = 1
 
 #: A request id: chosen by the host, echoed on every event and reply.
-RequestId = Union[int, str]
+RequestId = int | str
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 StopReason = Literal["eos", "stop_sequence", "max_tokens", "aborted", "context_full"]
@@ -104,7 +104,7 @@ class Generate(_Message, tag="generate", kw_only=True):
     """Generate a reply (chat mode) or a continuation (completion mode)."""
 
     id: RequestId
-    input: Union[str, list[ChatMessage]]
+    input: str | list[ChatMessage]
     """A string: the next user turn of the session. A list: replaces the history; the last must be a user message."""
     max_tokens: Annotated[int, Meta(ge=1)] = 512
     temperature: Annotated[float, Meta(ge=0.0)] = 0.8
@@ -151,7 +151,7 @@ class Preload(_Message, tag="preload", kw_only=True):
 
     id: RequestId
     session: SessionId = DEFAULT_SESSION
-    input: Union[str, list[ChatMessage]]
+    input: str | list[ChatMessage]
     """As `generate.input`."""
     max_tokens: Annotated[int, Meta(ge=1)] = 512
     """The `max_tokens` the coming `generate` will use: history is trimmed the same way."""
@@ -180,7 +180,7 @@ class Count(_Message, tag="count", kw_only=True):
 
     id: RequestId
     session: SessionId = DEFAULT_SESSION
-    input: Union[str, list[ChatMessage], None] = None
+    input: str | list[ChatMessage] | None = None
     """As `generate.input`. Omitted: the session's conversation as it stands (no new turn)."""
 
 
@@ -225,9 +225,7 @@ class Cleanup(_Message, tag="cleanup", kw_only=True):
     id: RequestId
 
 
-Request = Union[
-    Init, Load, Generate, Abort, Reset, Ping, Cleanup, Preload, Sessions, CloseSession, SaveSession, RestoreSession, Tokenize, Detokenize, Count
-]
+Request = Init | Load | Generate | Abort | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession | Tokenize | Detokenize | Count
 
 # --------------------------------------------------------------------------
 # worker -> host
@@ -430,8 +428,8 @@ class Log(_Message, tag="log", kw_only=True):
     message: str
 
 
-Reply = Union[Ready, Progress, Loaded, Chunk, Done, Ok, Pong, Error, Log, SessionList, Preloaded, Saved, Restored, Tokens, Text, TokenCount]
+Reply = Ready | Progress | Loaded | Chunk | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored | Tokens | Text | TokenCount
 
 #: Tags of each direction, for telling an unknown `type` from a malformed one.
-REQUEST_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Request.__args__)  # type: ignore[attr-defined]
-REPLY_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Reply.__args__)  # type: ignore[attr-defined]
+REQUEST_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Request.__args__)
+REPLY_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Reply.__args__)

@@ -27,6 +27,6 @@ def test_quick_bench_runs_every_step(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text(encoding="utf-8"))
-    assert results["quick"] is True and STEPS <= set(results)
+    assert results["quick"] is True and set(results) >= STEPS
     assert results["sessions"]["budget"]["within_budget"] is True
     assert "worker / (c)" in proc.stdout and "sessions: restore" in proc.stdout

@@ -20,3 +20,4 @@ def test_raised_errors_carry_the_protocols_retryable_flag() -> None:
         exc = exceptions.error_from_frame(code, "m", protocol.is_retryable(code))
         assert exc.code == code.value and exc.retryable is (code in protocol.RETRYABLE_CODES)
         assert isinstance(exc, exceptions._BY_CODE[code])
+

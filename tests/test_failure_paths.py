@@ -272,7 +272,7 @@ async def test_concurrent_callers_after_a_crash_get_one_restart(tmp_path: Path) 
         with anyio.fail_after(TIMEOUT):
             await client.load()
             await client.chat("Remember: blue.", max_tokens=4, temperature=0)
-        wp = client._wp
+        wp = client._conn
         assert wp is not None and client.ready is not None
         os.kill(client.ready.pid, 9)
         with anyio.fail_after(30):

@@ -104,7 +104,7 @@ async def test_load_reports_rising_progress_ending_at_one() -> None:
             info = await client.load(on_progress=fractions.append)
         assert fractions, "no progress callback"
         assert all(0.0 <= f <= 1.0 for f in fractions)
-        assert all(a < b for a, b in zip(fractions, fractions[1:])), fractions
+        assert all(a < b for a, b in zip(fractions, fractions[1:], strict=False)), fractions
         assert fractions[-1] == 1.0
         assert client.model == info
         assert info.n_ctx > 0 and info.name and Path(info.path).is_file()
@@ -337,7 +337,7 @@ async def test_protocol_mismatch_is_typed_and_leaves_no_process(monkeypatch: pyt
             pass
     assert_error(info.value, "protocol_mismatch", retryable=False)
     assert "99" in info.value.message
-    assert client._wp is not None and not pid_alive(client._wp.process.pid)
+    assert client._conn is not None and not pid_alive(client._conn.pid)
 
 
 # ---------------------------------------------------------------------------
@@ -590,8 +590,7 @@ def test_sync_client_load_chat_generate_abort_reset() -> None:
         again = client.chat("Say hi", max_tokens=6, temperature=0)
         # After the reset, "Say hi" is again a one-turn conversation.
         assert again.usage.prompt_tokens == first.usage.prompt_tokens
-        with pytest.raises(Busy):
-            with client.generate(STORY, max_tokens=400) as running:
-                next(running)
-                client.chat("Me too", max_tokens=2)
+        with pytest.raises(Busy), client.generate(STORY, max_tokens=400) as running:
+            next(running)
+            client.chat("Me too", max_tokens=2)
         assert running.result is not None and running.result.stop_reason == "aborted"

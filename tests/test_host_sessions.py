@@ -83,7 +83,7 @@ async def test_auto_restart_restores_every_session() -> None:
             b1 = await b.chat("My name is Bob.", max_tokens=8, temperature=0)
         pid = client.pid
         assert pid is not None
-        worker = client._wp
+        worker = client._conn
         assert worker is not None
         os.kill(pid, signal.SIGKILL)
         with anyio.fail_after(10):

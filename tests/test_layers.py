@@ -19,7 +19,6 @@ from worker.llama_worker import LlamaWorker
 from worker.server import WorkerServer
 from worker.stdio import FrameWriter
 
-
 # ---------------------------------------------------------------------------
 # LlamaWorker in-process
 # ---------------------------------------------------------------------------

@@ -30,6 +30,9 @@ from protocol import (
     ChatMessage,
     Chunk,
     Cleanup,
+    CloseSession,
+    Count,
+    Detokenize,
     Done,
     Error,
     ErrorCode,
@@ -43,30 +46,27 @@ from protocol import (
     Ok,
     Ping,
     Pong,
+    Preload,
+    Preloaded,
     Progress,
     ProtocolError,
     Ready,
     Reply,
     Request,
     Reset,
-    CloseSession,
-    Preload,
-    Preloaded,
-    RestoreSession,
+    ResponseFormat,
     Restored,
-    SaveSession,
+    RestoreSession,
     Saved,
+    SaveSession,
     SessionInfo,
     SessionList,
     Sessions,
-    Count,
-    Detokenize,
-    ResponseFormat,
     Text,
+    Timings,
     TokenCount,
     Tokenize,
     Tokens,
-    Timings,
     Usage,
     decode_reply,
     decode_request,
@@ -346,7 +346,7 @@ def _feed_all(reader, chunks):
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = [0, *sorted(cuts), len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 REQUEST_STREAM = b"".join(encode(m) for m in REQUEST_SAMPLES)

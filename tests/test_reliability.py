@@ -13,12 +13,10 @@ import fcntl
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -182,7 +180,7 @@ def test_parent_killed_while_generating_takes_the_worker_with_it() -> None:
         t0 = time.perf_counter()
         parent.kill()
         parent.wait()
-        assert wait_until(lambda: not pid_alive(worker_pid), timeout=20, interval=0.005)
+        assert wait_until(lambda pid=worker_pid: not pid_alive(pid), timeout=20, interval=0.005)
         times.append(time.perf_counter() - t0)
     FIGURES["parent_death_seconds"] = {"samples": [round(t, 3) for t in times], "max": round(max(times), 3)}
 

@@ -105,7 +105,7 @@ _ALPHABET = "ab<>"
 def test_stop_matcher_property_single_stop(text, stop, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=10), label="cuts"))
     points = [0, *cuts, len(text)]
-    pieces = [text[a:b] for a, b in zip(points, points[1:])]
+    pieces = [text[a:b] for a, b in zip(points, points[1:], strict=False)]
     out, matched = _run(StopMatcher([stop]), pieces)
     idx = text.find(stop)
     expected = text if idx == -1 else text[:idx]

@@ -82,7 +82,7 @@ class TestLoad:
         assert isinstance(loaded, P.Loaded), loaded
         fractions = [m.fraction for m in before if isinstance(m, P.Progress)]
         assert fractions and fractions[-1] == 1.0
-        assert all(a < b for a, b in zip(fractions, fractions[1:])), fractions
+        assert all(a < b for a, b in zip(fractions, fractions[1:], strict=False)), fractions
         model = loaded.model
         assert model.n_ctx_train == 8192 and model.n_ctx == 4096
         assert model.n_threads == len(os.sched_getaffinity(0))

@@ -15,6 +15,7 @@ never lost.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import operator
@@ -24,7 +25,8 @@ from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.compiler import CodeGenerator
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Message = dict[str, str]
 
@@ -163,7 +165,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def checked_concat(self, parts: Sequence[Any]) -> str:
-        return _check_size("".join(str(p) for p in parts))
+        joined = "".join(str(p) for p in parts)
+        _check_size(joined)
+        return joined
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "**":
@@ -189,10 +193,8 @@ def _guard_filter(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     for attr in ("jinja_pass_arg", "__name__", "__doc__"):
         if hasattr(fn, attr):
-            try:
+            with contextlib.suppress(AttributeError, TypeError):
                 setattr(guarded, attr, getattr(fn, attr))
-            except (AttributeError, TypeError):
-                pass
     return guarded
 
 

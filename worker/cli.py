@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     root.addHandler(handler)
 
     from .llama_worker import LlamaWorker
-    from .parent_watch import watch_parent
     from .log_frames import LogFrameHandler
+    from .parent_watch import watch_parent
     from .server import WorkerServer
     from .shutdown import EXIT_INTERNAL, EXIT_PARENT_GONE, exit_now
     from .stdio import FrameWriter

@@ -224,7 +224,7 @@ class Model:
         ptr = C.llama_model_load_from_file(os.fsencode(path), mp)
         if not ptr:
             raise LlamaError("; ".join(recent_error_lines()) or "llama.cpp could not load the model")
-        self._ptr = ptr
+        self._ptr: C.llama_model_p | None = ptr
         self.path = path
         self.params = params
         self.vocab = C.llama_model_get_vocab(ptr)
@@ -269,9 +269,10 @@ class Model:
 
     def metadata(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for i in range(C.llama_model_meta_count(self.ptr)):
-            key = _read_str(lambda buf, n, i=i: C.llama_model_meta_key_by_index(self.ptr, i, buf, n))
-            val = _read_str(lambda buf, n, i=i: C.llama_model_meta_val_str_by_index(self.ptr, i, buf, n))
+        ptr = self.ptr
+        for i in range(C.llama_model_meta_count(ptr)):
+            key = _read_str(functools.partial(C.llama_model_meta_key_by_index, ptr, i))
+            val = _read_str(functools.partial(C.llama_model_meta_val_str_by_index, ptr, i))
             if key is not None and val is not None:
                 out[key] = val
         return out
@@ -455,7 +456,7 @@ class Context:
         ptr = C.llama_init_from_model(model.ptr, cp)
         if not ptr:
             raise LlamaError("; ".join(recent_error_lines()) or "llama.cpp could not create a context")
-        self._ptr = ptr
+        self._ptr: C.llama_context_p | None = ptr
         self.model = model
         self.params = params
         self.n_ctx = int(C.llama_n_ctx(ptr))

@@ -45,7 +45,7 @@ def save_session(loaded: LoadedModel, request: protocol.SaveSession, should_abor
     if len(tokens) >= ctx.n_ctx:
         raise WorkerError.context_overflow(f"the conversation needs {len(tokens)} tokens but the context holds {ctx.n_ctx}")
     activate(loaded.sessions, ctx, request.session)
-    kv = b""
+    kv: bytes | bytearray = b""
     if tokens:
         try:
             ctx.evaluate(tokens, should_abort)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
@@ -70,7 +70,7 @@ def _schema_grammar(canonical: str) -> str:
     try:
         inliner = _Inliner(schema)
         inlined = inliner.schema(schema, ())
-        grammar = json_schema_to_gbnf(json.dumps(inlined))
+        grammar: str = json_schema_to_gbnf(json.dumps(inlined))
     except StructuredOutputError:
         raise
     except RecursionError:
@@ -146,7 +146,7 @@ def _normalise(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -1,0 +1,74 @@
+"""The conversations as this client knows them: what a restart puts back into a new worker.
+
+The worker holds the real history; the client keeps a copy of each session's
+system prompt and messages, updated from the replies it sees, so that after a
+crash `restart()` can load the model again and `reset` every session to where
+it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import protocol
+from protocol import Done
+
+
+@dataclass
+class Mirror:
+    """One session's conversation."""
+
+    system_prompt: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+
+
+class Mirrors:
+    """Every session's `Mirror`; a session appears on first use with the load's system prompt."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Mirror] = {}
+        self.default_system_prompt: str | None = None
+
+    def __getitem__(self, session: str) -> Mirror:
+        mirror = self.sessions.get(session)
+        if mirror is None:
+            mirror = self.sessions[session] = Mirror(system_prompt=self.default_system_prompt)
+        return mirror
+
+    def history(self, session: str) -> list[dict[str, str]]:
+        return [dict(m) for m in self[session].history]
+
+    def loaded(self, system_prompt: str | None) -> None:
+        """A load starts every session afresh."""
+        self.sessions = {}
+        self.default_system_prompt = system_prompt or None
+
+    def reset(self, session: str, system_prompt: str | None, history: list[protocol.ChatMessage] | None) -> None:
+        mirror = self[session]
+        mirror.history = [{"role": m.role, "content": m.content} for m in history or []]
+        if system_prompt is not None:
+            mirror.system_prompt = system_prompt or None
+
+    def restored(self, session: str, reply: protocol.Restored) -> None:
+        """The file's conversation is the session's now."""
+        history = [{"role": m.role, "content": m.content} for m in reply.history]
+        self.sessions[session] = Mirror(system_prompt=reply.session.system_prompt, history=history)
+
+    def closed(self, session: str) -> None:
+        self.sessions.pop(session, None)
+
+    def generated(self, request: protocol.Generate, done: Done) -> None:
+        if request.mode != "chat":
+            return
+        if done.stop_reason == "aborted" and not done.text:
+            return  # the worker did not record the turn either
+        mirror = self[request.session]
+        if isinstance(request.input, str):
+            history = [*mirror.history, {"role": "user", "content": request.input}]
+        else:
+            messages = [{"role": m.role, "content": m.content} for m in request.input]
+            if messages and messages[0]["role"] == "system":
+                mirror.system_prompt = messages.pop(0)["content"] or None
+            history = messages
+        history = history[done.truncated_messages :]
+        mirror.history = [*history, {"role": "assistant", "content": done.text}]

@@ -1,0 +1,144 @@
+"""A streaming generation: chunks as they come, the `done` result at the end, abort on the way out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+import protocol
+from protocol import Chunk, Done, Error
+
+from ._core import Waiter
+from .exceptions import LlamaWorkerError, WorkerTimeout, error_from_frame
+
+
+class Generation:
+    """An in-flight generation: iterate it for text chunks; `.result` at the end.
+
+    Use it as an async context manager so that leaving early (break, an
+    exception, a cancelled task) aborts the generation on the worker:
+
+        async with await client.generate("Hi") as stream:
+            async for text in stream:
+                print(text, end="")
+        print(stream.result.usage)
+
+    A cancelled iteration (a timeout, a cancelled task) aborts it too, and
+    waits (shielded, up to `shutdown_timeout`) for the worker to end it, so
+    the worker is idle again when the cancellation propagates. So does the
+    generation's own `timeout`, which then raises `WorkerTimeout` (the partial
+    result stays in `.result`).
+    """
+
+    def __init__(
+        self,
+        request: protocol.Generate,
+        waiter: Waiter,
+        *,
+        abort: Callable[[int | str], Awaitable[None]],
+        on_done: Callable[[protocol.Generate, Done], None],
+        shutdown_timeout: float,
+        timeout: float | None = None,
+    ) -> None:
+        self.request = request
+        self._waiter = waiter
+        self._send_abort = abort
+        self._on_done = on_done
+        self._shutdown_timeout = shutdown_timeout
+        self._timeout = timeout
+        self._deadline = None if timeout is None else anyio.current_time() + timeout
+        self.result: Done | None = None
+        self._error: BaseException | None = None
+        self._chunks: list[str] = []
+        # One receiver at a time: a blocking caller interrupted by Ctrl-C
+        # leaves its receive running while it aborts and drains.
+        self._lock = anyio.Lock()
+
+    @property
+    def id(self) -> int | str:
+        return self.request.id
+
+    @property
+    def text(self) -> str:
+        """Text received so far."""
+        return "".join(self._chunks)
+
+    @property
+    def finished(self) -> bool:
+        """True once the generation ended: with a result, or with an error."""
+        return self.result is not None or self._error is not None
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            async with self._lock:
+                if self.result is not None:
+                    raise StopAsyncIteration
+                if self._error is not None:
+                    raise self._error
+                remaining = None if self._deadline is None else self._deadline - anyio.current_time()
+                with anyio.fail_after(remaining):
+                    msg = await self._waiter.receive.receive()
+        except anyio.get_cancelled_exc_class():
+            await self._abort_shielded()
+            raise
+        except TimeoutError:
+            await self._abort_shielded()
+            self._error = WorkerTimeout(f"the generation did not finish within its timeout of {self._timeout} s and was aborted")
+            raise self._error from None
+        return self._take(msg)
+
+    def _take(self, msg: Any) -> str:
+        if isinstance(msg, Chunk):
+            self._chunks.append(msg.text)
+            return msg.text
+        if isinstance(msg, Done):
+            self.result = msg
+            self._on_done(self.request, msg)
+            raise StopAsyncIteration
+        if isinstance(msg, Error):
+            self._error = error_from_frame(msg.code, msg.message, msg.retryable)
+            raise self._error
+        if isinstance(msg, BaseException):
+            self._error = msg
+            raise msg
+        raise LlamaWorkerError(f"unexpected frame for a generation: {msg!r}")
+
+    async def final(self) -> Done:
+        """Consume what is left and return the final result."""
+        async for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    async def abort(self) -> Done:
+        """Stop the generation; return its (partial) result."""
+        if not self.finished:
+            await self._send_abort(self.id)
+        return await self.final()
+
+    async def _abort_shielded(self) -> None:
+        """Abort, then wait for the worker's terminal reply (or give up after a while)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout):
+            try:
+                if not self.finished:
+                    await self._send_abort(self.id)
+                async with self._lock:
+                    while not self.finished:
+                        self._take(await self._waiter.receive.receive())
+            except (LlamaWorkerError, StopAsyncIteration):
+                pass
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not self.finished:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout), contextlib.suppress(LlamaWorkerError):
+                await self.abort()
