@@ -41,6 +41,11 @@ class ProtocolMismatch(BadRequest):
     pass
 
 
+class NotReasoning(BadRequest):
+    """`end_reasoning` found no thought to end: the generation is answering already, never
+    thought, or has finished. Harmless in a race with the model closing its own thought."""
+
+
 class Busy(LlamaWorkerError):
     """Another generate/load/reset is running; retry when it ends, or abort it."""
 
@@ -158,6 +163,7 @@ _BY_CODE: dict[str, type[LlamaWorkerError]] = {
     ErrorCode.SESSION_MISMATCH: SessionFileError,
     ErrorCode.BAD_SESSION_FILE: SessionFileError,
     ErrorCode.REPLY_TOO_LARGE: ReplyTooLarge,
+    ErrorCode.NOT_REASONING: NotReasoning,
 }
 
 

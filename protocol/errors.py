@@ -33,6 +33,8 @@ class ErrorCode(enum.StrEnum):
     """A saved-session file is missing, unreadable, damaged or not one."""
     REPLY_TOO_LARGE = "reply_too_large"
     """The reply to this request would exceed the largest frame the host accepts."""
+    NOT_REASONING = "not_reasoning"
+    """`end_reasoning`: the target is not thinking (not running, never thought, or already answering)."""
 
 
 #: Codes for which sending the same request again, later, can succeed

@@ -85,11 +85,14 @@ class Load(_Message, tag="load", kw_only=True):
     """RAM budget for the KV state of sessions that are not in the context (LRU). Default: 1/8 of RAM, at most 4 GiB; 0: none."""
 
 
-class ChatMessage(msgspec.Struct, kw_only=True):
+class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One turn of a conversation."""
 
     role: Role
     content: str
+    reasoning: str | None = None
+    """An assistant turn's thoughts, when they are kept (`generate.reasoning.keep_in_history`).
+    Templates see them as `reasoning_content` and `thinking` and decide whether to show them."""
 
 
 class ResponseFormat(msgspec.Struct, kw_only=True):
@@ -98,6 +101,23 @@ class ResponseFormat(msgspec.Struct, kw_only=True):
     type: Literal["json", "json_schema"]
     schema: dict[str, Any] | None = None
     """With "json_schema": the JSON Schema the reply must satisfy (local `$ref`s allowed, no recursion)."""
+
+
+class Reasoning(msgspec.Struct, kw_only=True):
+    """How a reasoning model thinks before it answers (ignored by models that do not)."""
+
+    enabled: bool | None = None
+    """Null: the model's own default (thinking on where the template has a switch). False: no
+    thoughts (the template's switch, else an empty thought pre-filled). True: a thought is opened
+    for the model where the template does not open one itself."""
+    budget_tokens: Annotated[int, Meta(ge=0)] | None = None
+    """At most this many thought tokens; then the worker closes the thought with the model's own
+    end-of-thought marker and the model answers. 0: close it at once."""
+    effort: Literal["low", "medium", "high"] | None = None
+    """Passed to templates that take one (`reasoning_effort`, gpt-oss)."""
+    keep_in_history: bool = False
+    """Keep this reply's thoughts in the session history (`ChatMessage.reasoning`); whether a
+    later prompt shows them is the template's choice (most drop past thoughts)."""
 
 
 class Generate(_Message, tag="generate", kw_only=True):
@@ -124,7 +144,10 @@ class Generate(_Message, tag="generate", kw_only=True):
     session: SessionId = DEFAULT_SESSION
     """The chat session this turn belongs to (chat mode)."""
     response_format: ResponseFormat | None = None
-    """Constrain the reply with a grammar built from this (built once per schema, then reused)."""
+    """Constrain the reply with a grammar built from this (built once per schema, then reused).
+    With a reasoning model the grammar applies to the answer, after the thought."""
+    reasoning: Reasoning | None = None
+    """Thinking on or off, its budget and effort, and whether thoughts stay in the history."""
 
 
 class Abort(_Message, tag="abort", kw_only=True):
@@ -133,6 +156,15 @@ class Abort(_Message, tag="abort", kw_only=True):
     id: RequestId
     target: RequestId | None = None
     """Id of the request to stop. Omitted: whatever runs."""
+
+
+class EndReasoning(_Message, tag="end_reasoning", kw_only=True):
+    """End a running generation's thought now: the worker closes it and the model answers.
+    Answered at once with `ok`, or `not_reasoning` when the target is not thinking."""
+
+    id: RequestId
+    target: RequestId | None = None
+    """Id of the generation. Omitted: whatever runs."""
 
 
 class Reset(_Message, tag="reset", kw_only=True):
@@ -225,7 +257,7 @@ class Cleanup(_Message, tag="cleanup", kw_only=True):
     id: RequestId
 
 
-Request = Init | Load | Generate | Abort | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession | Tokenize | Detokenize | Count
+Request = Init | Load | Generate | Abort | EndReasoning | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession | Tokenize | Detokenize | Count
 
 # --------------------------------------------------------------------------
 # worker -> host
@@ -276,6 +308,11 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     gpu_layers_offloaded: int = 0
     """Layers llama.cpp puts on a GPU for this request: derived from `n_gpu_layers`, `n_layer` and
     whether the build can offload (0 when it cannot), not read back from llama.cpp."""
+    reasoning: Literal["none", "think_tags", "harmony"] = "none"
+    """How the model thinks, detected at load from its template and vocabulary: "think_tags"
+    (`<think>`...`</think>`: Qwen3, DeepSeek-R1, SmolLM3), "harmony" (gpt-oss's analysis channel)."""
+    reasoning_can_disable: bool = False
+    """Whether `generate.reasoning.enabled: false` can switch thinking off."""
 
 
 class Loaded(_Message, tag="loaded", kw_only=True):
@@ -285,10 +322,14 @@ class Loaded(_Message, tag="loaded", kw_only=True):
 
 
 class Chunk(_Message, tag="chunk", kw_only=True):
-    """Event of a `generate`: the next piece of text (valid UTF-8, never part of a stop sequence)."""
+    """Event of a `generate`: the next piece of text (valid UTF-8, never part of a stop sequence).
+    A chunk carries answer text or thought text, never both, and never a thought's tags."""
 
     id: RequestId
     text: str
+    """Answer text ("" in a thought chunk)."""
+    reasoning: str = ""
+    """Thought text (reasoning models)."""
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -297,6 +338,8 @@ class Usage(msgspec.Struct, kw_only=True):
     cached_tokens: int
     """Of those, tokens reused from the KV cache (not evaluated again)."""
     completion_tokens: int
+    reasoning_tokens: int = 0
+    """Of the completion tokens, those spent thinking (end-of-thought markers included)."""
 
 
 class Timings(msgspec.Struct, kw_only=True):
@@ -322,6 +365,9 @@ class Done(_Message, tag="done", kw_only=True):
     """The seed used for sampling (null for greedy decoding)."""
     incomplete: bool = False
     """With `response_format`: the reply stopped before its JSON was complete (max_tokens, abort, a stop sequence)."""
+    reasoning: str | None = None
+    """All the thought text of the reply (null when the model did not think). A reply that ran out
+    of `max_tokens` while thinking has `reasoning` and an empty `text`."""
 
 
 class Ok(_Message, tag="ok", kw_only=True):
