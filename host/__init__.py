@@ -32,8 +32,8 @@ from .exceptions import (
     ModelError,
     ModelNotFound,
     NoModel,
-    NotReasoning,
     NotInitialized,
+    NotReasoning,
     ProtocolMismatch,
     ProtocolViolation,
     ReplyTooLarge,
@@ -41,8 +41,8 @@ from .exceptions import (
     WorkerCrashed,
     WorkerTimeout,
 )
-from .generation import Generation
-from .options import USE_CLIENT_DEFAULT, ChatInput, GenerateOptions, LoadOptions, SessionGenerateOptions, Timeout, response_format
+from .generation import Generation, Part
+from .options import USE_CLIENT_DEFAULT, ChatInput, GenerateOptions, LoadOptions, ReasoningOptions, SessionGenerateOptions, Timeout, response_format
 from .session import Session
 from .sync import Client, SyncGeneration, SyncSession
 from .transport import ProcessTransport, Transport, WorkerStreams, default_worker_command
@@ -69,8 +69,10 @@ __all__ = [
     "ModelNotFound",
     "NoModel",
     "NotReasoning",
+    "Part",
     "NotInitialized",
     "ProcessTransport",
+    "ReasoningOptions",
     "ProtocolMismatch",
     "ProtocolViolation",
     "ReplyTooLarge",

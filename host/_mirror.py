@@ -45,13 +45,13 @@ class Mirrors:
 
     def reset(self, session: str, system_prompt: str | None, history: list[protocol.ChatMessage] | None) -> None:
         mirror = self[session]
-        mirror.history = [{"role": m.role, "content": m.content} for m in history or []]
+        mirror.history = [_message(m) for m in history or []]
         if system_prompt is not None:
             mirror.system_prompt = system_prompt or None
 
     def restored(self, session: str, reply: protocol.Restored) -> None:
         """The file's conversation is the session's now."""
-        history = [{"role": m.role, "content": m.content} for m in reply.history]
+        history = [_message(m) for m in reply.history]
         self.sessions[session] = Mirror(system_prompt=reply.session.system_prompt, history=history)
 
     def closed(self, session: str) -> None:
@@ -63,12 +63,25 @@ class Mirrors:
         if done.stop_reason == "aborted" and not done.text:
             return  # the worker did not record the turn either
         mirror = self[request.session]
+        prefill = ""
         if isinstance(request.input, str):
             history = [*mirror.history, {"role": "user", "content": request.input}]
         else:
-            messages = [{"role": m.role, "content": m.content} for m in request.input]
+            messages = [_message(m) for m in request.input]
             if messages and messages[0]["role"] == "system":
                 mirror.system_prompt = messages.pop(0)["content"] or None
+            if messages and messages[-1]["role"] == "assistant":
+                prefill = messages.pop()["content"]  # the reply continued it
             history = messages
         history = history[done.truncated_messages :]
-        mirror.history = [*history, {"role": "assistant", "content": done.text}]
+        reply = {"role": "assistant", "content": prefill + done.text}
+        if done.reasoning and request.reasoning is not None and request.reasoning.keep_in_history:
+            reply["reasoning"] = done.reasoning
+        mirror.history = [*history, reply]
+
+
+def _message(m: protocol.ChatMessage) -> dict[str, str]:
+    message = {"role": m.role, "content": m.content}
+    if m.reasoning:
+        message["reasoning"] = m.reasoning
+    return message

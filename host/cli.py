@@ -3,6 +3,10 @@
 Interactive by default; `--prompt TEXT` answers once and exits (`--json` for
 the final result with usage and timings). Ctrl-C stops the current reply and
 keeps the conversation; at the prompt it quits.
+
+A reasoning model's thoughts go to stderr (dimmed on a terminal), the answer
+to stdout, so `llama-chat --prompt ... > answer.txt` keeps the answer alone;
+`--hide-thoughts` drops them, `/think on|off` and `--think` switch thinking.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import msgspec
 from .exceptions import LlamaWorkerError
 from .sync import Client
 
-HELP = "commands: /reset  /system TEXT  /session [NAME]  /sessions  /help  /quit   (Ctrl-C stops a reply)"
+HELP = "commands: /reset  /system TEXT  /session [NAME]  /sessions  /think on|off|auto  /help  /quit   (Ctrl-C stops a reply)"
+DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     p.add_argument("--json-schema", metavar="FILE", help="constrain every reply to JSON valid against this JSON Schema file")
     p.add_argument("--no-stats", action="store_true", help="do not print the stats line after replies")
+    p.add_argument("--think", choices=["on", "off", "auto"], default="auto", help="reasoning models: thinking on, off, or the model's default")
+    p.add_argument("--reasoning-budget", type=int, metavar="N", help="reasoning models: at most N thought tokens, then the answer")
+    p.add_argument("--hide-thoughts", action="store_true", help="reasoning models: do not show the thoughts")
     return p
+
+
+THINK = {"on": True, "off": False, "auto": None}
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,6 +59,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             opts[name] = value
     if args.json_schema:
         opts["response_format"] = {"type": "json_schema", "schema": _read_schema(args.json_schema)}
+    if args.think != "auto" or args.reasoning_budget is not None:
+        opts["reasoning"] = {"enabled": THINK[args.think], "budget_tokens": args.reasoning_budget}
     return opts
 
 
@@ -86,21 +99,53 @@ class ProgressBar:
 def stats_line(result: Any) -> str:
     t = result.timings
     u = result.usage
+    thought = f" ({u.reasoning_tokens} thinking)" if u.reasoning_tokens else ""
     return (
-        f"[{u.completion_tokens} tokens, {t.tokens_per_second:.1f} tok/s, "
+        f"[{u.completion_tokens} tokens{thought}, {t.tokens_per_second:.1f} tok/s, "
         f"first token {t.ttft_ms:.0f} ms, prompt {u.prompt_tokens} ({u.cached_tokens} cached), {result.stop_reason}]"
     )
 
 
-def reply(client: Client, text: str, options: dict[str, Any], out: TextIO, show_stats: bool) -> None:
+class Thoughts:
+    """Where thought text goes: stderr, dimmed on a terminal, and set apart from the answer."""
+
+    def __init__(self, out: TextIO, hide: bool) -> None:
+        self.out = out
+        self.hide = hide
+        self.dim = out.isatty()
+        self.open = False
+
+    def write(self, text: str) -> None:
+        if self.hide:
+            return
+        if not self.open:
+            self.out.write(DIM + "(thinking) " if self.dim else "(thinking) ")
+            self.open = True
+        self.out.write(text)
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.open:
+            self.out.write((RESET if self.dim else "") + "\n")
+            self.out.flush()
+            self.open = False
+
+
+def reply(client: Client, text: str, options: dict[str, Any], out: TextIO, show_stats: bool, hide_thoughts: bool = False) -> None:
     stream = client.generate(text, **options)
+    thoughts = Thoughts(sys.stderr, hide_thoughts)
     try:
-        for chunk in stream:
-            out.write(chunk)
+        for part in stream.parts():
+            if part.kind == "reasoning":
+                thoughts.write(part.text)
+                continue
+            thoughts.end()
+            out.write(part.text)
             out.flush()
     except KeyboardInterrupt:
         pass  # Ctrl-C: abort below (a no-op if SyncGeneration already did); the partial reply stays in the session
     result = stream.result if stream.result is not None else stream.abort()
+    thoughts.end()
     out.write("\n")
     if show_stats:
         sys.stderr.write(stats_line(result) + "\n")
@@ -120,7 +165,8 @@ def interactive(client: Client, args: argparse.Namespace) -> None:
     options = _options(args)
     session = "default"
     assert client.model is not None, "interactive() runs after load()"
-    print(f"model: {client.model.name} ({client.model.chat_format}, n_ctx {client.model.n_ctx}). {HELP}", file=sys.stderr)
+    reasons = f", reasons: {client.model.reasoning}" if client.model.reasoning != "none" else ""
+    print(f"model: {client.model.name} ({client.model.chat_format}, n_ctx {client.model.n_ctx}{reasons}). {HELP}", file=sys.stderr)
     while True:
         try:
             line = input("> ")
@@ -152,13 +198,23 @@ def interactive(client: Client, args: argparse.Namespace) -> None:
             client.reset(session=session)
             print("(conversation cleared)", file=sys.stderr)
             continue
+        if text == "/think" or text.startswith("/think "):
+            mode = text[len("/think") :].strip()
+            if mode not in THINK:
+                print("usage: /think on|off|auto", file=sys.stderr)
+                continue
+            budget = args.reasoning_budget
+            options["reasoning"] = {"enabled": THINK[mode], "budget_tokens": budget}
+            support = "" if client.model.reasoning != "none" else " (this model does not reason: no effect)"
+            print(f"(thinking {mode}){support}", file=sys.stderr)
+            continue
         if text.startswith("/system"):
             prompt = text[len("/system") :].strip()
             client.reset(system_prompt=prompt, session=session)
             print(f"(system prompt {'set' if prompt else 'removed'}; conversation cleared)", file=sys.stderr)
             continue
         try:
-            reply(client, text, options, sys.stdout, not args.no_stats)
+            reply(client, text, options, sys.stdout, not args.no_stats, args.hide_thoughts)
         except LlamaWorkerError as exc:
             print(f"error: {exc}", file=sys.stderr)
 
@@ -183,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = client.chat(args.prompt, **_options(args))
                 print(json.dumps(msgspec.to_builtins(result), ensure_ascii=False, indent=2))
             else:
-                reply(client, args.prompt, _options(args), sys.stdout, not args.no_stats)
+                reply(client, args.prompt, _options(args), sys.stdout, not args.no_stats, args.hide_thoughts)
             return 0
     except LlamaWorkerError as exc:
         print(f"llama-chat: {exc}", file=sys.stderr)

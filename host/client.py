@@ -59,6 +59,7 @@ from .options import (
     LoadOptions,
     Message,
     Timeout,
+    reasoning,
     response_format,
     wire_input,
     wire_messages,
@@ -368,20 +369,36 @@ class AsyncClient:
         fields: dict[str, Any] = dict(options)
         if "response_format" in fields:
             fields["response_format"] = response_format(fields["response_format"])
+        if "reasoning" in fields:
+            fields["reasoning"] = reasoning(fields["reasoning"])
         request = protocol.Generate(id=self._core.next_id(), input=wire_input(input), **fields)
         waiter = await self._core.open(request, conn)
         return Generation(
-            request, waiter, abort=self.abort, on_done=self._mirrors.generated, shutdown_timeout=self.shutdown_timeout, timeout=timeout
+            request,
+            waiter,
+            abort=self.abort,
+            end_reasoning=self.end_reasoning,
+            on_done=self._mirrors.generated,
+            shutdown_timeout=self.shutdown_timeout,
+            timeout=timeout,
         )
 
     async def chat(
-        self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, timeout: float | None = None, **options: Unpack[GenerateOptions]
+        self,
+        input: ChatInput,
+        *,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Done:
-        """One turn, returning the final result (chunks go to `on_chunk` if given)."""
+        """One turn, returning the final result (answer chunks go to `on_chunk`, thought chunks to `on_reasoning`)."""
         async with await self.generate(input, timeout=timeout, **options) as stream:
-            async for text in stream:
-                if on_chunk is not None:
-                    self._callback("on_chunk", on_chunk, text)
+            async for part in stream.parts():
+                if part.kind == "text" and on_chunk is not None:
+                    self._callback("on_chunk", on_chunk, part.text)
+                elif part.kind == "reasoning" and on_reasoning is not None:
+                    self._callback("on_reasoning", on_reasoning, part.text)
         assert stream.result is not None
         return stream.result
 
@@ -426,6 +443,13 @@ class AsyncClient:
             return
         with contextlib.suppress(WorkerCrashed):
             await self._core.call(protocol.Abort(id=self._core.next_id(), target=target), Ok, conn, timeout=timeout)
+
+    async def end_reasoning(self, target: int | str | None = None, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        """Make generation `target` (None: whatever runs) stop thinking and answer.
+
+        Raises `NotReasoning` when it is not thinking (answering already, never thought, finished).
+        """
+        await self._core.call(protocol.EndReasoning(id=self._core.next_id(), target=target), Ok, timeout=timeout)
 
     async def reset(
         self,

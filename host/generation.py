@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import anyio
 
@@ -16,8 +16,19 @@ from ._core import Waiter
 from .exceptions import LlamaWorkerError, WorkerTimeout, error_from_frame
 
 
+class Part(NamedTuple):
+    """A piece of a reply: `kind` "text" (the answer) or "reasoning" (a thought)."""
+
+    kind: Literal["text", "reasoning"]
+    text: str
+
+
 class Generation:
     """An in-flight generation: iterate it for text chunks; `.result` at the end.
+
+    Iteration yields the answer only. A reasoning model's thoughts come through
+    `parts()` (every piece, with its kind) and `.reasoning`; `end_reasoning()`
+    makes the model stop thinking and answer.
 
     Use it as an async context manager so that leaving early (break, an
     exception, a cancelled task) aborts the generation on the worker:
@@ -40,6 +51,7 @@ class Generation:
         waiter: Waiter,
         *,
         abort: Callable[[int | str], Awaitable[None]],
+        end_reasoning: Callable[[int | str], Awaitable[None]],
         on_done: Callable[[protocol.Generate, Done], None],
         shutdown_timeout: float,
         timeout: float | None = None,
@@ -47,6 +59,7 @@ class Generation:
         self.request = request
         self._waiter = waiter
         self._send_abort = abort
+        self._send_end_reasoning = end_reasoning
         self._on_done = on_done
         self._shutdown_timeout = shutdown_timeout
         self._timeout = timeout
@@ -54,6 +67,7 @@ class Generation:
         self.result: Done | None = None
         self._error: BaseException | None = None
         self._chunks: list[str] = []
+        self._thoughts: list[str] = []
         # One receiver at a time: a blocking caller interrupted by Ctrl-C
         # leaves its receive running while it aborts and drains.
         self._lock = anyio.Lock()
@@ -68,6 +82,11 @@ class Generation:
         return "".join(self._chunks)
 
     @property
+    def reasoning(self) -> str:
+        """Thought text received so far."""
+        return "".join(self._thoughts)
+
+    @property
     def finished(self) -> bool:
         """True once the generation ended: with a result, or with an error."""
         return self.result is not None or self._error is not None
@@ -76,6 +95,24 @@ class Generation:
         return self
 
     async def __anext__(self) -> str:
+        while True:
+            part = await self._next_part()
+            if part.kind == "text":
+                return part.text
+
+    async def parts(self) -> AsyncIterator[Part]:
+        """Every piece of the reply as it comes, thoughts (`kind` "reasoning") and answer ("text")."""
+        while True:
+            try:
+                yield await self._next_part()
+            except StopAsyncIteration:
+                return
+
+    async def end_reasoning(self) -> None:
+        """Make the model stop thinking and answer; raises `NotReasoning` when it is not thinking."""
+        await self._send_end_reasoning(self.id)
+
+    async def _next_part(self) -> Part:
         try:
             async with self._lock:
                 if self.result is not None:
@@ -94,10 +131,13 @@ class Generation:
             raise self._error from None
         return self._take(msg)
 
-    def _take(self, msg: Any) -> str:
+    def _take(self, msg: Any) -> Part:
         if isinstance(msg, Chunk):
+            if msg.reasoning:
+                self._thoughts.append(msg.reasoning)
+                return Part("reasoning", msg.reasoning)
             self._chunks.append(msg.text)
-            return msg.text
+            return Part("text", msg.text)
         if isinstance(msg, Done):
             self.result = msg
             self._on_done(self.request, msg)

@@ -13,7 +13,7 @@ from typing import Any, Final, Literal, TypedDict
 
 import msgspec
 
-from protocol import ChatMessage, ResponseFormat
+from protocol import ChatMessage, Reasoning, ResponseFormat
 
 Message = Mapping[str, str]
 #: The next user turn (a string), or a whole conversation.
@@ -28,6 +28,15 @@ class _UseClientDefault(enum.Enum):
 USE_CLIENT_DEFAULT: Final = _UseClientDefault.TOKEN
 #: Seconds; None: no limit; USE_CLIENT_DEFAULT: the client's `request_timeout`.
 Timeout = float | None | _UseClientDefault
+
+class ReasoningOptions(TypedDict, total=False):
+    """`protocol.Reasoning` as a dict: how a reasoning model thinks (ignored by others)."""
+
+    enabled: bool | None
+    budget_tokens: int | None
+    effort: Literal["low", "medium", "high"] | None
+    keep_in_history: bool
+
 
 #: What `response_format=` accepts (see `response_format()`).
 ResponseFormatLike = ResponseFormat | Literal["json"] | Mapping[str, Any] | type | Any
@@ -61,6 +70,7 @@ class SessionGenerateOptions(TypedDict, total=False):
     seed: int
     mode: Literal["chat", "completion"]
     response_format: ResponseFormatLike
+    reasoning: ReasoningOptions | Reasoning
 
 
 class GenerateOptions(SessionGenerateOptions, total=False):
@@ -90,6 +100,16 @@ def response_format(value: ResponseFormatLike) -> ResponseFormat | None:
     raise TypeError(f"response_format: expected 'json', a JSON Schema dict or a type, not {value!r}")
 
 
+def reasoning(value: ReasoningOptions | Reasoning | Mapping[str, Any] | None) -> Reasoning | None:
+    """`generate(reasoning=...)` as the wire's `Reasoning` (validated here: a typo is a clear error at once)."""
+    if value is None or isinstance(value, Reasoning):
+        return value
+    unknown = set(value) - set(Reasoning.__struct_fields__)
+    if unknown:
+        raise TypeError(f"reasoning: unknown option(s) {sorted(unknown)}; known: {list(Reasoning.__struct_fields__)}")
+    return msgspec.convert(dict(value), Reasoning)
+
+
 def wire_input(input: ChatInput) -> str | list[ChatMessage]:
     """A `ChatInput` as the protocol's `input` (a string, or `ChatMessage`s)."""
     return input if isinstance(input, str) else wire_messages(input)
@@ -98,4 +118,4 @@ def wire_input(input: ChatInput) -> str | list[ChatMessage]:
 def wire_messages(messages: Sequence[Message] | Sequence[ChatMessage]) -> list[ChatMessage]:
     """Messages as the protocol's `ChatMessage`s."""
     # Not validated here: a bad role is the worker's `invalid_request`, like any other bad field.
-    return [m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"]) for m in messages]  # type: ignore[arg-type]
+    return [m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"], reasoning=m.get("reasoning")) for m in messages]  # type: ignore[arg-type]

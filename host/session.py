@@ -39,9 +39,15 @@ class Session:
         return await self.client.generate(input, timeout=timeout, session=self.name, **options)
 
     async def chat(
-        self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]
+        self,
+        input: ChatInput,
+        *,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[SessionGenerateOptions],
     ) -> Done:
-        return await self.client.chat(input, on_chunk=on_chunk, timeout=timeout, session=self.name, **options)
+        return await self.client.chat(input, on_chunk=on_chunk, on_reasoning=on_reasoning, timeout=timeout, session=self.name, **options)
 
     async def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]) -> T:
         return await self.client.chat_as(input, type, timeout=timeout, session=self.name, **options)

@@ -19,7 +19,7 @@ import protocol
 from protocol import DEFAULT_SESSION, ChatMessage, Done, LogLevel, ModelInfo, Preloaded, Ready, Saved, SessionInfo, SessionList, TokenCount
 
 from .client import AsyncClient
-from .generation import Generation
+from .generation import Generation, Part
 from .options import USE_CLIENT_DEFAULT, ChatInput, GenerateOptions, LoadOptions, Message, SessionGenerateOptions, Timeout
 from .session import Session
 from .transport import Transport
@@ -47,8 +47,28 @@ class SyncGeneration:
     def text(self) -> str:
         return self._generation.text
 
+    @property
+    def reasoning(self) -> str:
+        """Thought text received so far."""
+        return self._generation.reasoning
+
     def __iter__(self) -> Iterator[str]:
         return self
+
+    def parts(self) -> Iterator[Part]:
+        """Every piece of the reply as it comes, thoughts (`kind` "reasoning") and answer ("text")."""
+        while True:
+            try:
+                yield self._portal.call(self._generation._next_part)
+            except StopAsyncIteration:
+                return
+            except KeyboardInterrupt:
+                self.abort()
+                raise
+
+    def end_reasoning(self) -> None:
+        """Make the model stop thinking and answer; raises `NotReasoning` when it is not thinking."""
+        self._portal.call(self._generation.end_reasoning)
 
     def __next__(self) -> str:
         try:
@@ -178,12 +198,20 @@ class Client:
         return SyncGeneration(self._portal, self._run(self._async.generate, input, timeout=timeout, **options))
 
     def chat(
-        self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, timeout: float | None = None, **options: Unpack[GenerateOptions]
+        self,
+        input: ChatInput,
+        *,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Done:
         with self.generate(input, timeout=timeout, **options) as stream:
-            for text in stream:
-                if on_chunk is not None:
-                    self._async._callback("on_chunk", on_chunk, text)
+            for part in stream.parts():
+                if part.kind == "text" and on_chunk is not None:
+                    self._async._callback("on_chunk", on_chunk, part.text)
+                elif part.kind == "reasoning" and on_reasoning is not None:
+                    self._async._callback("on_reasoning", on_reasoning, part.text)
         assert stream.result is not None
         return stream.result
 
@@ -202,6 +230,9 @@ class Client:
 
     def abort(self, target: int | str | None = None, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         self._run(self._async.abort, target, timeout=timeout)
+
+    def end_reasoning(self, target: int | str | None = None, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        self._run(self._async.end_reasoning, target, timeout=timeout)
 
     def reset(
         self,
@@ -276,9 +307,15 @@ class SyncSession:
         return self._client.generate(input, timeout=timeout, session=self.name, **options)
 
     def chat(
-        self, input: ChatInput, *, on_chunk: Callable[[str], None] | None = None, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]
+        self,
+        input: ChatInput,
+        *,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[SessionGenerateOptions],
     ) -> Done:
-        return self._client.chat(input, on_chunk=on_chunk, timeout=timeout, session=self.name, **options)
+        return self._client.chat(input, on_chunk=on_chunk, on_reasoning=on_reasoning, timeout=timeout, session=self.name, **options)
 
     def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]) -> T:
         return self._client.chat_as(input, type, timeout=timeout, session=self.name, **options)

@@ -321,7 +321,7 @@ class Loaded(_Message, tag="loaded", kw_only=True):
     load_ms: float = 0.0
 
 
-class Chunk(_Message, tag="chunk", kw_only=True):
+class Chunk(_Message, tag="chunk", kw_only=True, omit_defaults=True):
     """Event of a `generate`: the next piece of text (valid UTF-8, never part of a stop sequence).
     A chunk carries answer text or thought text, never both, and never a thought's tags."""
 

@@ -27,3 +27,42 @@ def without_template(folder: Path) -> Path:
 
 def with_template(folder: Path, name: str, template: str) -> Path:
     return rewrite_gguf(folder / name, "--chat-template", template)
+
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+#: Fixture name -> template file: one per reasoning family the worker supports.
+REASONING_FIXTURES = {
+    "qwen3": "qwen3.jinja",
+    "deepseek-r1": "deepseek-r1-distill.jinja",
+    "gpt-oss": "gpt-oss.jinja",
+    "smollm3": "smollm3.jinja",
+    "kept-thoughts": "chatml-kept-thoughts.jinja",
+}
+
+
+def reasoning_fixture(folder: Path, name: str) -> Path:
+    """The default model carrying a published reasoning template (see tests/templates/README.md)."""
+    template = (TEMPLATES / REASONING_FIXTURES[name]).read_text()
+    return with_template(folder, f"{name}.gguf", template)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.models reasoning DIR`: write the reasoning fixtures, print {name: path} as JSON.
+
+    The Node suite uses it to get the same fixtures.
+    """
+    import json
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "reasoning":
+        print("usage: python -m tests.models reasoning DIR", file=sys.stderr)
+        return 2
+    folder = Path(args[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    print(json.dumps({name: str(reasoning_fixture(folder, name)) for name in REASONING_FIXTURES}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

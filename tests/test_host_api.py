@@ -28,6 +28,7 @@ METHODS = {
     "load": "load",
     "generate": "generate",
     "abort": "abort",
+    "end_reasoning": "end_reasoning",
     "reset": "reset",
     "ping": "ping",
     "cleanup": "cleanup",

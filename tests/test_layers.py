@@ -36,7 +36,7 @@ def llama_worker() -> LlamaWorker:
 def test_llama_worker_streams_through_callbacks(llama_worker: LlamaWorker) -> None:
     llama_worker.reset()
     chunks: list[str] = []
-    done = llama_worker.generate(P.Generate(id=1, input="Hello!", max_tokens=12, temperature=0), on_chunk=chunks.append)
+    done = llama_worker.generate(P.Generate(id=1, input="Hello!", max_tokens=12, temperature=0), on_chunk=lambda _kind, text: chunks.append(text))
     assert "".join(chunks) == done.text and done.usage.completion_tokens > 0
     assert llama_worker.session is not None and llama_worker.session.history[-1] == {"role": "assistant", "content": done.text}
 
@@ -64,7 +64,7 @@ def test_abort_predicate_stops_generation(llama_worker: LlamaWorker) -> None:
     chunks: list[str] = []
     done = llama_worker.generate(
         P.Generate(id=4, input="Tell me a long story.", max_tokens=200, temperature=0),
-        on_chunk=chunks.append,
+        on_chunk=lambda _kind, text: chunks.append(text),
         should_abort=lambda: len(chunks) >= 3,
     )
     assert done.stop_reason == "aborted" and len(chunks) == 3 and done.text == "".join(chunks)
@@ -87,10 +87,10 @@ def test_forced_extra_buffer_types_are_reported() -> None:
 
 
 class _ExplodingWorker(LlamaWorker):
-    def generate(self, request, on_chunk=lambda _t: None, should_abort=lambda: False, started_at=None):  # type: ignore[override]
+    def generate(self, request, on_chunk=lambda _k, _t: None, should_abort=lambda: False, started_at=None, thoughts=None):  # type: ignore[override]
         if request.input == "explode":
             raise RuntimeError("kaboom")
-        return super().generate(request, on_chunk, should_abort, started_at)
+        return super().generate(request, on_chunk, should_abort, started_at, thoughts)
 
 
 def test_server_turns_an_unexpected_exception_into_internal_and_keeps_serving() -> None:

@@ -19,7 +19,7 @@ import contextlib
 import datetime
 import json
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,18 @@ Message = dict[str, str]
 
 #: Rendered prompts larger than this are refused (a template is untrusted).
 MAX_RENDER_CHARS = 8 * 1024 * 1024
+
+#: Template variables every render gets unless a request says otherwise. llama.cpp passes
+#: `enable_thinking=true` too: some templates (DeepSeek-R1's) close the thought without it.
+DEFAULT_VARIABLES: dict[str, Any] = {"enable_thinking": True}
+
+
+def _template_message(m: Message) -> dict[str, Any]:
+    """A message as templates expect it: kept thoughts as `reasoning_content` (Qwen, DeepSeek) and `thinking` (gpt-oss)."""
+    out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+    if m.get("reasoning"):
+        out["reasoning_content"] = out["thinking"] = m["reasoning"]
+    return out
 
 
 class ChatFormatError(Exception):
@@ -239,10 +251,11 @@ class ChatFormatter:
         except TemplateError as exc:
             raise ChatFormatError(f"chat template does not compile: {exc}") from None
 
-    def _render_raw(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    def _render_raw(self, messages: Sequence[Message], add_generation_prompt: bool, variables: Mapping[str, Any] | None = None) -> str:
         try:
             text = self._template.render(
-                messages=[dict(m) for m in messages],
+                {**DEFAULT_VARIABLES, **(variables or {})},
+                messages=[_template_message(m) for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -257,8 +270,11 @@ class ChatFormatter:
             raise ChatFormatError("chat template produced an oversized prompt")
         return text
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """Prompt text for `messages` (system first, if any, then alternating turns)."""
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True, variables: Mapping[str, Any] | None = None) -> str:
+        """Prompt text for `messages` (system first, if any, then alternating turns).
+
+        `variables` are extra template variables (`enable_thinking`, `reasoning_effort`).
+        """
         msgs = list(messages)
         if self.merge_system and msgs and msgs[0]["role"] == "system":
             system = msgs.pop(0)["content"]
@@ -266,7 +282,7 @@ class ChatFormatter:
                 msgs[0] = {"role": "user", "content": f"{system}\n\n{msgs[0]['content']}" if system else msgs[0]["content"]}
             elif system:
                 msgs.insert(0, {"role": "user", "content": system})
-        return self._render_raw(msgs, add_generation_prompt)
+        return self._render_raw(msgs, add_generation_prompt, variables)
 
     def probe(self) -> None:
         """Render a small test conversation once, at load.

@@ -1,21 +1,30 @@
 """The decode loop: the per-token path of a generation, kept short and visible.
 
 Sample (native), check end of generation, turn bytes into text, pass it
-through the output filters (which hold back what could be the start of a stop
-sequence), emit, decode the token (native). Prompt evaluation happens before
-(the pipeline's evaluate stage); what becomes of the text after (the session,
-the reply) is the commit stage's.
+through the output filters, emit, decode the token (native). The filters run
+in this order: the template's end-of-turn strings on the raw text, then the
+thought splitter of a reasoning model (thought text goes out as such; only
+the answer goes on), then the request's stop sequences on the answer.
+
+A thought is also where the worker may write for the model: when the thought
+budget is spent or `end_reasoning` asks, the model's own end-of-thought marker
+goes into the context and the model answers; a grammar (`response_format`)
+takes over sampling once the answer begins.
+
+Prompt evaluation happens before (the pipeline's evaluate stage); what becomes
+of the text after (the session, the reply) is the commit stage's.
 """
 
 from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .llama_backend import Context, Model, Sampler
-from .output_filters import OutputFilter
+from .output_filters import StopMatcher
+from .thoughts import Kind, Segment, ThoughtSplitter
 
 
 @dataclass
@@ -29,6 +38,8 @@ class Decoded:
     """From `started_at` to the first emitted text."""
     decode_s: float
     """From the first emitted text to the end."""
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -38,6 +49,58 @@ class Decoded:
         return (self.completion_tokens - 1) / self.decode_s
 
 
+@dataclass
+class Thinking:
+    """A reasoning model's side of the loop."""
+
+    splitter: ThoughtSplitter
+    budget_tokens: int | None
+    end_requested: Callable[[], bool]
+    report: Callable[[bool], None]
+    """Told whether the model is thinking, after every token (`end_reasoning` reads it)."""
+    answer_sampler: Callable[[], Sampler] | None = None
+    """The grammar's sampler, made when the answer begins."""
+
+    def must_close(self, reasoning_tokens: int) -> bool:
+        if not self.splitter.in_thought:
+            return False
+        return (self.budget_tokens is not None and reasoning_tokens >= self.budget_tokens) or self.end_requested()
+
+
+class _Output:
+    """Where text goes: thought text out at once, answer text through the stop sequences."""
+
+    def __init__(self, emit: Callable[[Kind, str], None], stops: StopMatcher, started_at: float) -> None:
+        self._emit = emit
+        self._stops = stops
+        self._started_at = started_at
+        self.answer: list[str] = []
+        self.reasoning: list[str] = []
+        self.t_first = 0.0
+        self.ttft_ms = 0.0
+
+    def _send(self, kind: Kind, text: str) -> None:
+        if not text:
+            return
+        if not self.t_first:
+            self.t_first = time.perf_counter()
+            self.ttft_ms = (self.t_first - self._started_at) * 1000
+        (self.reasoning if kind == "reasoning" else self.answer).append(text)
+        self._emit(kind, text)
+
+    def segment(self, kind: Kind, text: str) -> bool:
+        """Pass one segment on; True when a stop sequence ended the answer."""
+        if kind == "reasoning":
+            self._send(kind, text)
+            return False
+        text, stopped = self._stops.feed(text)
+        self._send("text", text)
+        return stopped
+
+    def flush_answer(self) -> None:
+        self._send("text", self._stops.flush())
+
+
 def decode(
     model: Model,
     context: Context,
@@ -45,64 +108,82 @@ def decode(
     max_tokens: int,
     budget: int,
     stop_tokens: frozenset[int],
-    filters: Sequence[OutputFilter],
-    emit: Callable[[str], None],
+    template_stops: StopMatcher,
+    stops: StopMatcher,
+    emit: Callable[[Kind, str], None],
     should_abort: Callable[[], bool],
     started_at: float,
+    thinking: Thinking | None = None,
+    marker_pieces: Mapping[int, bytes] | None = None,
 ) -> Decoded:
     """Generate up to `max_tokens` tokens (and at most `budget`, the room left in the context)."""
-    out: list[str] = []
-    t_first = 0.0
-    ttft_ms = 0.0
-    n_gen = 0
+    out = _Output(emit, stops, started_at)
+    n_gen = n_reasoning = written = 0
     reason = "max_tokens"
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    splitter = thinking.splitter if thinking is not None else None
+    grammar_pending = thinking is not None and thinking.answer_sampler is not None
 
-    def send(text: str) -> None:
-        nonlocal t_first, ttft_ms
-        if not out:
-            t_first = time.perf_counter()
-            ttft_ms = (t_first - started_at) * 1000
-        out.append(text)
-        emit(text)
-
-    def through_filters(text: str) -> tuple[str, bool]:
-        for f in filters:
-            text, stop = f.feed(text)
-            if stop:
-                return text, True
-        return text, False
+    def through(raw: str) -> bool:
+        """Raw text through the filters; True when a stop sequence or end-of-turn string ended the reply."""
+        text, ended = template_stops.feed(raw)
+        segments: list[Segment] = splitter.feed(text) if splitter is not None else [("text", text)]
+        for kind, part in segments:
+            if out.segment(kind, part):
+                return True
+        return ended
 
     is_eog = model.is_eog
     piece = model.piece
+    specials = marker_pieces or {}
     while True:
         if should_abort():
             reason = "aborted"
             break
+        if thinking is not None:
+            assert splitter is not None
+            if thinking.must_close(n_reasoning):
+                inject, held = splitter.close_thought()
+                for kind, part in held:
+                    out.segment(kind, part)
+                tokens = model.tokenize(inject, add_special=False, parse_special=True)
+                if n_gen + written + len(tokens) >= budget:
+                    reason = "context_full"
+                    break
+                context.append(tokens)
+                written += len(tokens)
+            thinking.report(splitter.in_thought)
+            if grammar_pending and splitter.answering:
+                assert thinking.answer_sampler is not None
+                sampler = thinking.answer_sampler()
+                grammar_pending = False
         token = sampler.sample(context)
         if is_eog(token) or token in stop_tokens:
             reason = "eos"
             break
         n_gen += 1
-        text, stopped = through_filters(utf8.decode(piece(token)))
-        if text:
-            send(text)
+        was_thinking = splitter is not None and splitter.in_thought
+        stopped = through(utf8.decode(specials.get(token) or piece(token)))
+        if was_thinking or (splitter is not None and splitter.in_thought):
+            n_reasoning += 1
         if stopped:
             reason = "stop_sequence"
             break
         if n_gen >= max_tokens:
             reason = "max_tokens"
             break
-        if n_gen >= budget:
+        if n_gen + written >= budget:
             reason = "context_full"
             break
         context.decode_one(token)
+    if thinking is not None:
+        thinking.report(False)
     if reason != "stop_sequence":
         # What the decoder and each filter still hold, passed on down the chain.
-        tail = utf8.decode(b"", final=True)
-        for f in filters:
-            tail = f.feed(tail)[0] + f.flush()
-        if tail:
-            send(tail)
-    decode_s = time.perf_counter() - t_first if t_first else 0.0
-    return Decoded("".join(out), reason, n_gen, ttft_ms, decode_s)
+        tail = template_stops.feed(utf8.decode(b"", final=True))[0] + template_stops.flush()
+        rest: list[Segment] = [*splitter.feed(tail), *splitter.flush()] if splitter is not None else [("text", tail)]
+        for kind, part in rest:
+            out.segment(kind, part)
+        out.flush_answer()
+    decode_s = time.perf_counter() - out.t_first if out.t_first else 0.0
+    return Decoded("".join(out.answer), reason, n_gen, out.ttft_ms, decode_s, "".join(out.reasoning), n_reasoning)

@@ -20,6 +20,7 @@ from protocol import (
     CloseSession,
     Count,
     Detokenize,
+    EndReasoning,
     ErrorCode,
     Generate,
     Init,
@@ -84,6 +85,13 @@ class Handlers:
         self.jobs.abort(job.request.target)
         return Ok(id=job.id)
 
+    def end_reasoning(self, job: Job[EndReasoning]) -> Ok:
+        target = job.request.target
+        if not self.jobs.end_reasoning(target):
+            what = "nothing runs" if target is None else f"request {target!r}"
+            raise WorkerError(ErrorCode.NOT_REASONING, f"{what}: no thought to end (not running, never thought, or answering already)")
+        return Ok(id=job.id)
+
     def sessions(self, job: Job[Sessions]) -> protocol.SessionList:
         return self.worker.list_sessions(job.id)
 
@@ -104,9 +112,10 @@ class Handlers:
         rid = job.id
         done = self.worker.generate(
             job.request,
-            on_chunk=lambda text: self.writer.send_chunk(rid, text),
+            on_chunk=lambda kind, text: self.writer.send_chunk(rid, text, reasoning=kind == "reasoning"),
             should_abort=job.cancel.is_set,
             started_at=job.received_at,
+            thoughts=job.thoughts,
         )
         if done.truncated_messages:
             log.warning("context full: dropped the %d oldest messages of the history", done.truncated_messages)

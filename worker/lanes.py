@@ -34,6 +34,16 @@ class Lane(enum.Enum):
 
 
 @dataclass
+class ThoughtControl:
+    """A generation's thinking, shared between the model thread and the reader (`end_reasoning`)."""
+
+    thinking: bool = False
+    """Written by the decode loop: the model is inside a thought now."""
+    end: threading.Event = field(default_factory=threading.Event)
+    """Set by `end_reasoning`: close the thought at the next token."""
+
+
+@dataclass
 class Job(Generic[R]):
     """A request on its way through a lane: when it arrived, and whether it was asked to stop."""
 
@@ -41,6 +51,7 @@ class Job(Generic[R]):
     lane: Lane
     received_at: float = field(default_factory=time.perf_counter)
     cancel: threading.Event = field(default_factory=threading.Event)
+    thoughts: ThoughtControl = field(default_factory=ThoughtControl)
 
     @property
     def id(self) -> RequestId:
@@ -81,6 +92,15 @@ class JobLane:
             job = self._active
             if job is not None and (target is None or target == job.id):
                 job.cancel.set()
+
+    def end_reasoning(self, target: RequestId | None) -> bool:
+        """Ask the active job to end its thought if `target` names it (None: whatever runs); False when it is not thinking."""
+        with self._lock:
+            job = self._active
+            if job is None or (target is not None and target != job.id) or not job.thoughts.thinking:
+                return False
+            job.thoughts.end.set()
+            return True
 
     def finished(self, job: Job[Request]) -> None:
         """`job` is done: clear it (call before its terminal reply is queued)."""

@@ -672,6 +672,13 @@ class Context:
             "llama_cpp_python": LIBRARY_VERSION,
         }
 
+    def append(self, tokens: Sequence[int]) -> None:
+        """Put tokens the worker writes for the model into the cache (an end-of-thought marker)."""
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise LlamaError(f"{len(tokens)} more tokens do not fit the context")
+        if tokens:
+            self._decode_prompt_batch(tokens)
+
     def decode_one(self, token: int) -> None:
         """Append one token to the cache (the hot path of generation)."""
         self._one[0] = token

@@ -28,12 +28,14 @@ from protocol import ErrorCode, Generate, Load, ModelInfo
 
 from . import __version__, saved_sessions, token_counting
 from .errors import WorkerError
+from .lanes import ThoughtControl
 from .llama_backend import LIBRARY_VERSION, DecodeAborted, LlamaError, initialize_backend
 from .loading import LoadedModel, load_model
 from .pipeline import run_generation
-from .prompt import turn_prompt
+from .prompt import as_message, turn_prompt
 from .session import ChatSession, Message
 from .session_switch import activate, stash_owner
+from .thoughts import Kind
 
 CAPABILITIES = [
     "load_progress",
@@ -118,13 +120,17 @@ class LlamaWorker:
     def generate(
         self,
         request: Generate,
-        on_chunk: Callable[[str], None] = lambda _t: None,
+        on_chunk: Callable[[Kind, str], None] = lambda _k, _t: None,
         should_abort: Abort = _never,
         started_at: float | None = None,
+        thoughts: ThoughtControl | None = None,
     ) -> protocol.Done:
-        """Run one generation (see `pipeline`); the reply (partial on abort) joins the history."""
+        """Run one generation (see `pipeline`); the reply (partial on abort) joins the history.
+
+        `on_chunk(kind, text)` gets answer text ("text") and thought text ("reasoning").
+        """
         started_at = time.perf_counter() if started_at is None else started_at
-        return run_generation(self._require_loaded(), request, on_chunk, should_abort, started_at)
+        return run_generation(self._require_loaded(), request, on_chunk, should_abort, started_at, thoughts)
 
     # -- sessions ----------------------------------------------------------
 
@@ -134,7 +140,7 @@ class LlamaWorker:
         for i, m in enumerate(history or []):
             if m.role == "system":
                 raise WorkerError.invalid(f"history[{i}]: a system prompt goes in `system_prompt`, not the history")
-            messages.append({"role": m.role, "content": m.content})
+            messages.append(as_message(m))
         store = self._require_loaded().sessions
         chat = store.get(session)
         with store.lock:

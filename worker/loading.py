@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 
 from protocol import ErrorCode, Load, ModelInfo, SessionInfo
 
+from . import chat_families
+from .chat_families import NO_REASONING, ReasoningProfile
 from .chat_format import BUILTIN_FORMATS, ChatFormatError, ChatFormatter, detect_builtin_format, formatter_for_builtin
 from .errors import WorkerError
 from .llama_backend import (
@@ -55,6 +57,11 @@ class LoadedModel:
     sessions: SessionStore
     fingerprint: dict[str, object]
     """What a saved session must match to be restored into this model."""
+    reasoning: ReasoningProfile = NO_REASONING
+    """How the model thinks (`chat_families`)."""
+    marker_pieces: dict[int, bytes] = field(default_factory=dict)
+    """Special tokens of the reasoning markers, with their text: the decode loop shows them to
+    the thought splitter (llama.cpp renders control tokens as nothing)."""
 
     def session_info(self, name: str) -> SessionInfo:
         return self.sessions.info(name, len(self.context.tokens))
@@ -111,9 +118,10 @@ def load_model(options: Load, progress: Callable[[float], None], should_abort: A
             raise WorkerError(ErrorCode.LOAD_FAILED, f"could not create a context for {path}: {exc}") from None
         if should_abort():
             raise WorkerError(ErrorCode.ABORTED, "the load was aborted")
+        reasoning = chat_families.detect(formatter, lambda text: model.single_token(text) is not None)
         stop_tokens: set[int] = set()
         stop_strings: list[str] = []
-        for marker in formatter.stop:
+        for marker in (*formatter.stop, *(reasoning.family.stop_markers if reasoning.family else ())):
             tok = model.single_token(marker)
             if tok is not None:
                 stop_tokens.add(tok)
@@ -138,7 +146,12 @@ def load_model(options: Load, progress: Callable[[float], None], should_abort: A
             backends=backends(),
             n_layer=model.n_layer,
             gpu_layers_offloaded=gpu_layers_offloaded(n_gpu_layers, model.n_layer),
+            reasoning=reasoning.format,
+            reasoning_can_disable=reasoning.can_disable,
         )
+        marker_pieces = {
+            tok: marker.encode() for marker in chat_families.MARKERS if reasoning.family and (tok := model.single_token(marker)) is not None
+        }
         fingerprint = model.fingerprint(meta, info.size_bytes)
     except BaseException:
         if context is not None:
@@ -147,7 +160,9 @@ def load_model(options: Load, progress: Callable[[float], None], should_abort: A
         raise
     seeds: random.Random = random.Random(options.seed) if options.seed is not None else random.SystemRandom()
     sessions = SessionStore(options.system_prompt or None, cache_budget)
-    return LoadedModel(model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds, sessions, fingerprint)
+    return LoadedModel(
+        model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds, sessions, fingerprint, reasoning, marker_pieces
+    )
 
 
 def gpu_layers_offloaded(requested: int, n_layer: int) -> int:

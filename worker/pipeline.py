@@ -1,7 +1,7 @@
 """The generate path as a pipeline: a request goes through stages, each with one job.
 
-    build the turn -> render -> constrain -> activate the session -> sampling
-        -> evaluate the prompt (with cache reuse) -> decode (+ output filters) -> commit
+    build the turn -> plan the thinking -> render -> constrain -> activate the session
+        -> sampling -> evaluate the prompt (with cache reuse) -> decode (+ output filters) -> commit
 
 Every stage reads and fills one `GenerationState`, in this order, and none
 reaches back into an earlier one. A new concern is a new stage or a new
@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, cast
 
 import protocol
 from protocol import ErrorCode, Generate
 
-from .decode_loop import Decoded, decode
+from .chat_families import ThoughtPlan
+from .decode_loop import Decoded, Thinking, decode
 from .errors import WorkerError
+from .lanes import ThoughtControl
 from .llama_backend import DecodeAborted, LlamaError, Sampler, SamplingParams
 from .loading import LoadedModel
-from .output_filters import OutputFilter, StopMatcher
-from .prompt import turn_prompt
+from .output_filters import StopMatcher
+from .prompt import Rendering, as_messages, fit_turn, prefill_tail
 from .session import ChatSession, Turn
 from .session_switch import activate
 from .structured import StructuredOutputError, grammar_for, is_complete_json
+from .thoughts import Kind
 
 DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
@@ -43,14 +47,17 @@ class GenerationState:
 
     request: Generate
     loaded: LoadedModel
-    emit: Callable[[str], None]
+    emit: Callable[[Kind, str], None]
     should_abort: Callable[[], bool]
     started_at: float
+    thoughts: ThoughtControl = field(default_factory=ThoughtControl)
     # filled by the stages, in order
     session: ChatSession | None = None
     """build: the chat session (None in completion mode)."""
     turn: Turn | None = None
     """build/render: what the reply will be committed with."""
+    plan: ThoughtPlan = field(default_factory=ThoughtPlan)
+    """plan: how this request thinks (a model that does not: the template variables only)."""
     prompt: list[int] = field(default_factory=list)
     """render: the prompt's tokens."""
     grammar: object | None = None
@@ -78,6 +85,7 @@ class BuildTurn:
         request, loaded = state.request, state.loaded
         if state.chat:
             state.session = loaded.sessions.get(request.session)
+            state.turn = state.session.next_turn(as_messages(request.input))
             return
         if not isinstance(request.input, str):
             raise WorkerError.invalid("input: completion mode takes a string")
@@ -89,12 +97,28 @@ class BuildTurn:
         state.prompt = prompt
 
 
-class Render:
-    """Chat: the template renders the turn, trimmed to the context (`prompt.turn_prompt`)."""
+class PlanThoughts:
+    """Chat: how a reasoning model thinks for this request (`chat_families`): template variables,
+    what to append to the prompt, where the reply starts. A prefill decides where the reply starts."""
 
     def run(self, state: GenerationState) -> None:
-        if state.session is not None:
-            state.turn, state.prompt = turn_prompt(state.loaded, state.session, state.request.input, state.request.max_tokens)
+        if state.turn is None:
+            return
+        request, profile = state.request, state.loaded.reasoning
+        plan = profile.plan(request.reasoning, constrained=request.response_format is not None)
+        if state.turn.prefill is not None and plan.family is not None:
+            tail = prefill_tail(state.loaded, state.turn.prefill, Rendering(plan.variables))
+            plan = replace(plan, suffix="", state=plan.family.prompt_state(tail))
+        state.plan = plan
+
+
+class Render:
+    """Chat: the template renders the turn, trimmed to the context (`prompt.fit_turn`)."""
+
+    def run(self, state: GenerationState) -> None:
+        if state.turn is not None:
+            rendering = Rendering(state.plan.variables, state.plan.suffix)
+            state.prompt = fit_turn(state.loaded, state.turn, state.request.max_tokens, rendering)
 
 
 class Constrain:
@@ -150,29 +174,47 @@ class Evaluate:
 
 
 class Decode:
-    """The token loop, with the output filters (stop sequences) between the text and the host."""
+    """The token loop, with the output filters (end of turn, thoughts, stop sequences) between the text and the host."""
 
     def run(self, state: GenerationState) -> None:
         if state.decoded is not None:
             return  # aborted while the prompt was evaluated
-        loaded, request = state.loaded, state.request
-        assert state.sampling is not None
-        stops = [*request.stop, *loaded.stop_strings] if state.chat else list(request.stop)
-        filters: list[OutputFilter] = [StopMatcher(stops)]
-        # The prompt's tail, as the repetition penalty would have seen it.
-        repeat_window = state.prompt[-state.sampling.repeat_last_n :] if state.sampling.repeat_last_n > 0 else []
-        with Sampler(loaded.model, state.sampling, repeat_window, state.grammar) as sampler:  # type: ignore[arg-type]
+        loaded, request, sampling = state.loaded, state.request, state.sampling
+        assert sampling is not None
+        splitter = state.plan.splitter()
+        with ExitStack() as samplers:
+
+            def sampler(grammar: object | None) -> Sampler:
+                # The repetition penalty sees the context's tail as if it had sampled it.
+                window = loaded.context.tokens[-sampling.repeat_last_n :] if sampling.repeat_last_n > 0 else []
+                return samplers.enter_context(Sampler(loaded.model, sampling, window, grammar))  # type: ignore[arg-type]
+
+            thinking = None
+            if splitter is not None:
+                control = state.thoughts
+                thinking = Thinking(
+                    splitter,
+                    state.plan.budget_tokens,
+                    control.end.is_set,
+                    lambda now: setattr(control, "thinking", now),
+                    # A grammar constrains the answer, not the thought: it joins when the answer begins.
+                    (lambda: sampler(state.grammar)) if state.grammar is not None else None,
+                )
+            first = sampler(state.grammar if thinking is None or thinking.answer_sampler is None else None)
             state.decoded = decode(
                 loaded.model,
                 loaded.context,
-                sampler,
+                first,
                 request.max_tokens,
                 loaded.context.n_ctx - len(state.prompt),
                 loaded.stop_tokens if state.chat else frozenset(),
-                filters,
+                StopMatcher(loaded.stop_strings if state.chat else ()),
+                StopMatcher(request.stop),
                 state.emit,
                 state.should_abort,
                 state.started_at,
+                thinking,
+                loaded.marker_pieces,
             )
 
 
@@ -185,23 +227,25 @@ class Commit:
         if state.session is None or state.turn is None:
             return
         if not (decoded.stop_reason == "aborted" and not decoded.text):
+            kept = decoded.reasoning if state.plan.keep_in_history else None
             with sessions.lock:
-                state.session.commit(state.turn, decoded.text)
+                state.session.commit(state.turn, decoded.text, kept)
         sessions.set_tokens(state.request.session, len(state.loaded.context.tokens))
 
 
-STAGES: tuple[Stage, ...] = (BuildTurn(), Render(), Constrain(), Activate(), ChooseSampling(), Evaluate(), Decode(), Commit())
+STAGES: tuple[Stage, ...] = (BuildTurn(), PlanThoughts(), Render(), Constrain(), Activate(), ChooseSampling(), Evaluate(), Decode(), Commit())
 
 
 def run_generation(
     loaded: LoadedModel,
     request: Generate,
-    emit: Callable[[str], None],
+    emit: Callable[[Kind, str], None],
     should_abort: Callable[[], bool],
     started_at: float,
+    thoughts: ThoughtControl | None = None,
 ) -> protocol.Done:
     """Run every stage; return the `done` reply (partial on abort)."""
-    state = GenerationState(request, loaded, emit, should_abort, started_at)
+    state = GenerationState(request, loaded, emit, should_abort, started_at, thoughts or ThoughtControl())
     for stage in STAGES:
         try:
             stage.run(state)
@@ -221,6 +265,7 @@ def _done(state: GenerationState) -> protocol.Done:
             prompt_tokens=len(state.prompt),
             cached_tokens=state.cached_tokens,
             completion_tokens=decoded.completion_tokens,
+            reasoning_tokens=decoded.reasoning_tokens,
         ),
         timings=protocol.Timings(
             ttft_ms=round(decoded.ttft_ms, 3),
@@ -231,4 +276,5 @@ def _done(state: GenerationState) -> protocol.Done:
         truncated_messages=state.turn.truncated if state.turn is not None else 0,
         seed=None if request.temperature <= 0.0 else sampling.seed,
         incomplete=state.grammar is not None and decoded.stop_reason != "eos" and not is_complete_json(decoded.text),
+        reasoning=decoded.reasoning or None,
     )

@@ -60,7 +60,7 @@ def save_session(loaded: LoadedModel, request: protocol.SaveSession, should_abor
         layout=ctx.layout,
         n_ctx=ctx.n_ctx,
         system_prompt=turn.system_prompt,
-        history=[session_file.SavedMessage(m["role"], m["content"]) for m in turn.history],
+        history=[session_file.SavedMessage(m["role"], m["content"], m.get("reasoning")) for m in turn.history],
         tokens=tokens,
         kv_bytes=len(kv),
         kv_sha256=session_file.digest(tokens, kv),
@@ -105,12 +105,19 @@ def restore_session(loaded: LoadedModel, request: protocol.RestoreSession) -> pr
     store.take_snapshot(request.session)
     store.replace(
         request.session,
-        ChatSession(system_prompt=header.system_prompt, history=[{"role": m.role, "content": m.content} for m in header.history]),
+        ChatSession(system_prompt=header.system_prompt, history=[_message(m) for m in header.history]),
         len(header.tokens),
     )
     store.owner = request.session
     return protocol.Restored(
         id=request.id,
         session=loaded.session_info(request.session),
-        history=[protocol.ChatMessage(role=cast(Literal["user", "assistant"], m.role), content=m.content) for m in header.history],
+        history=[protocol.ChatMessage(role=cast(Literal["user", "assistant"], m.role), content=m.content, reasoning=m.reasoning) for m in header.history],
     )
+
+
+def _message(m: session_file.SavedMessage) -> dict[str, str]:
+    message = {"role": m.role, "content": m.content}
+    if m.reasoning:
+        message["reasoning"] = m.reasoning
+    return message

@@ -24,6 +24,8 @@ class Turn:
     system_prompt: str | None
     history: list[Message]
     truncated: int = 0
+    prefill: str | None = None
+    """The start of the reply, given as a last assistant message: the model continues it."""
 
     def messages(self) -> list[Message]:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -54,13 +56,18 @@ class ChatSession:
         for i, m in enumerate(messages):
             if m["role"] == "system":
                 raise WorkerError.invalid(f"input[{i}]: a system message may only come first")
+        prefill = messages.pop()["content"] if messages and messages[-1]["role"] == "assistant" else None
         if not messages or messages[-1]["role"] != "user":
-            raise WorkerError.invalid("input: the last message must have role 'user'")
-        return Turn(system, messages)
+            raise WorkerError.invalid("input: the last message must have role 'user' (or 'assistant' after a user message, to continue it)")
+        return Turn(system, messages, prefill=prefill)
 
-    def commit(self, turn: Turn, reply: str) -> None:
+    def commit(self, turn: Turn, reply: str, reasoning: str | None = None) -> None:
+        """The turn joins the history with its reply (after the prefill, if any) and, if kept, its thoughts."""
         self.system_prompt = turn.system_prompt
-        self.history = [*turn.history, {"role": "assistant", "content": reply}]
+        message = {"role": "assistant", "content": (turn.prefill or "") + reply}
+        if reasoning:
+            message["reasoning"] = reasoning
+        self.history = [*turn.history, message]
 
 
 def fit_to_context(

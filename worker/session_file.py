@@ -40,9 +40,11 @@ class SessionFileError(Exception):
         self.mismatch = mismatch
 
 
-class SavedMessage(msgspec.Struct):
+class SavedMessage(msgspec.Struct, omit_defaults=True):
     role: str
     content: str
+    reasoning: str | None = None
+    """Kept thoughts (files written before reasoning support have none)."""
 
 
 class Header(msgspec.Struct, kw_only=True):

@@ -59,16 +59,18 @@ def take_over_stdio() -> StdioFds:
 
 
 class _PendingChunk:
-    """Chunk text waiting to be written; later chunks of the same request merge in."""
+    """Chunk text waiting to be written; later chunks of the same request and kind merge in."""
 
-    __slots__ = ("request_id", "parts")
+    __slots__ = ("request_id", "parts", "reasoning")
 
-    def __init__(self, request_id: int | str, text: str) -> None:
+    def __init__(self, request_id: int | str, text: str, reasoning: bool = False) -> None:
         self.request_id = request_id
         self.parts = [text]
+        self.reasoning = reasoning
 
     def message(self) -> Chunk:
-        return Chunk(id=self.request_id, text="".join(self.parts))
+        text = "".join(self.parts)
+        return Chunk(id=self.request_id, text="", reasoning=text) if self.reasoning else Chunk(id=self.request_id, text=text)
 
 
 class FrameWriter:
@@ -113,15 +115,16 @@ class FrameWriter:
             self._queue.append(message)
             self._cond.notify_all()  # the writer, not only a flush() waiter, must wake
 
-    def send_chunk(self, request_id: int | str, text: str) -> None:
+    def send_chunk(self, request_id: int | str, text: str, reasoning: bool = False) -> None:
+        """Queue answer text (or, with `reasoning`, thought text) of a generation."""
         with self._cond:
             if self._closed:
                 return
             tail = self._queue[-1] if self._queue else None
-            if isinstance(tail, _PendingChunk) and tail.request_id == request_id:
+            if isinstance(tail, _PendingChunk) and tail.request_id == request_id and tail.reasoning == reasoning:
                 tail.parts.append(text)
                 return
-            self._queue.append(_PendingChunk(request_id, text))
+            self._queue.append(_PendingChunk(request_id, text, reasoning))
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -197,9 +200,12 @@ class FrameWriter:
         size = len(data) - HEADER_SIZE
         if size <= self.max_frame_size:
             return data
-        if isinstance(message, Chunk) and len(message.text) > 1:
-            half = len(message.text) // 2
-            return self._encode(Chunk(id=message.id, text=message.text[:half])) + self._encode(Chunk(id=message.id, text=message.text[half:]))
+        if isinstance(message, Chunk) and max(len(message.text), len(message.reasoning)) > 1:
+            field = "reasoning" if message.reasoning else "text"
+            value = getattr(message, field)
+            half = len(value) // 2
+            first, second = (msgspec.structs.replace(message, **{field: part}) for part in (value[:half], value[half:]))
+            return self._encode(first) + self._encode(second)
         log.warning("a %s frame of %d bytes for request %r exceeds the host's limit of %d bytes", tag, size, request_id, self.max_frame_size)
         text = getattr(message, "message", None)
         if isinstance(text, str) and len(text) > _TRUNCATED_TEXT:

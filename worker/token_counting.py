@@ -36,5 +36,6 @@ def count(loaded: LoadedModel, request: protocol.Count) -> protocol.TokenCount:
     if request.input is None:
         tokens = conversation_tokens(loaded, Turn(session.system_prompt, session.history))
     else:
-        tokens = render_tokens(loaded, session.next_turn(as_messages(request.input)).messages())
+        turn = session.next_turn(as_messages(request.input))
+        tokens = render_tokens(loaded, turn.messages(), prefill=turn.prefill)
     return protocol.TokenCount(id=request.id, session=request.session, tokens=len(tokens), n_ctx=loaded.context.n_ctx)
