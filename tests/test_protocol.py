@@ -34,6 +34,7 @@ from protocol import (
     Count,
     Detokenize,
     Done,
+    EndReasoning,
     Error,
     ErrorCode,
     FrameDecoder,
@@ -51,6 +52,7 @@ from protocol import (
     Progress,
     ProtocolError,
     Ready,
+    Reasoning,
     Reply,
     Request,
     Reset,
@@ -121,12 +123,20 @@ REQUEST_SAMPLES: list[Any] = [
         mode="completion",
         session="notes ✓",
         response_format=ResponseFormat(type="json_schema", schema={"type": "object", "properties": {"a": {"type": "integer"}}}),
+        reasoning=Reasoning(enabled=False, budget_tokens=0, effort="high", keep_in_history=True),
     ),
     Generate(id=-1, input="plain string input", max_tokens=1, temperature=1.5, top_p=1.0, stop=["x"], seed=0),
     Abort(id=4, target="g-3"),
     Abort(id="a-5", target=3),
+    EndReasoning(id=5, target="g-3"),
+    EndReasoning(id="e-6"),
     Reset(id=6, system_prompt=""),
-    Reset(id=7, system_prompt="New persona", session="s2", history=[ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello")]),
+    Reset(
+        id=7,
+        system_prompt="New persona",
+        session="s2",
+        history=[ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello", reasoning="A greeting.")],
+    ),
     Preload(id=8, session="notes", input="Summarise the meet", max_tokens=64),
     Preload(id="p-9", input=[ChatMessage(role="user", content="Hi")]),
     Sessions(id=10),
@@ -160,6 +170,8 @@ MODEL_INFO = ModelInfo(
     backends=["CUDA", "CPU"],
     n_layer=30,
     gpu_layers_offloaded=31,
+    reasoning="harmony",
+    reasoning_can_disable=True,
 )
 
 SESSION_INFO = SessionInfo(session="notes", messages=4, tokens=131, kv_cached=True, active=False, kv_bytes=3_000_000, system_prompt="Be brief.")
@@ -178,15 +190,17 @@ REPLY_SAMPLES: list[Any] = [
     Progress(id=2, fraction=1.0),
     Loaded(id=2, model=MODEL_INFO, load_ms=12.5),
     Chunk(id="g-3", text="hé\n🦙"),
+    Chunk(id="g-3", text="", reasoning="The user greets; "),
     Done(
         id="g-3",
         text="Hi there",
         stop_reason="stop_sequence",
-        usage=Usage(prompt_tokens=10, cached_tokens=4, completion_tokens=3),
+        usage=Usage(prompt_tokens=10, cached_tokens=4, completion_tokens=3, reasoning_tokens=1),
         timings=Timings(ttft_ms=1.5, total_ms=20.25, tokens_per_second=33.3, prompt_ms=0.75),
         truncated_messages=2,
         seed=123,
         incomplete=True,
+        reasoning="The user greets; ",
     ),
     Ok(id=4),
     Pong(id="ping-🦙"),
@@ -217,6 +231,11 @@ def _non_default_fields_missing(samples: list[Any]) -> list[str]:
             by_class.setdefault(ModelInfo, []).append(m.model)
         if isinstance(m, Done):
             by_class.setdefault(Timings, []).append(m.timings)
+            by_class.setdefault(Usage, []).append(m.usage)
+        if isinstance(m, Generate) and m.reasoning is not None:
+            by_class.setdefault(Reasoning, []).append(m.reasoning)
+        if isinstance(m, Reset):
+            by_class.setdefault(ChatMessage, []).extend(m.history or [])
     for cls, instances in by_class.items():
         for f in msgspec.structs.fields(cls):
             if f.required:
@@ -686,7 +705,7 @@ def test_unknown_extra_fields_are_ignored():
     )
     done = {
         "type": "done", "id": "d", "text": "t", "stop_reason": "eos", "new_top_level": True,
-        "usage": {"prompt_tokens": 1, "cached_tokens": 0, "completion_tokens": 2, "reasoning_tokens": 7},
+        "usage": {"prompt_tokens": 1, "cached_tokens": 0, "completion_tokens": 2, "future_tokens": 7},
         "timings": {"ttft_ms": 1.0, "total_ms": 2.0, "tokens_per_second": 3.0, "queue_ms": 4.0},
     }
     decoded = decode_reply(json.dumps(done).encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from tests.harness import REPO_ROOT
+from tests.models import reasoning_fixture
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 EXAMPLES = re.findall(r"```python\n(.*?)```", README, flags=re.S)
@@ -26,6 +28,19 @@ def test_python_example_runs(index: int, tmp_path) -> None:
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip()
+
+
+def test_the_reasoning_example_shows_thoughts_with_a_thinking_model(tmp_path) -> None:
+    """The example that reads `MODEL`, run with a fixture that thinks (DeepSeek-R1's template)."""
+    (example,) = [e for e in EXAMPLES if 'os.environ.get("MODEL")' in e]
+    script = tmp_path / "reasoning.py"
+    script.write_text(example, encoding="utf-8")
+    env = {**os.environ, "MODEL": str(reasoning_fixture(tmp_path, "deepseek-r1"))}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reasoning format: think_tags" in proc.stdout and "\x1b[2m" in proc.stdout
+    spent = re.search(r"(\d+) of \d+ tokens spent thinking", proc.stdout)
+    assert spent and 0 < int(spent.group(1)) <= 48
 
 
 def test_there_are_examples() -> None:

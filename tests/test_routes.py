@@ -21,7 +21,7 @@ def test_every_request_type_has_a_route_and_a_handler_named_after_it() -> None:
 def test_lanes_are_the_documented_ones() -> None:
     lanes = {cls.__struct_config__.tag: route.lane for cls, route in ROUTES.items()}
     # PROTOCOL.md section 5: answered at once; beside the model; one job at a time.
-    assert {t for t, lane in lanes.items() if lane is Lane.INLINE} == {"ping", "init", "abort", "sessions"}
+    assert {t for t, lane in lanes.items() if lane is Lane.INLINE} == {"ping", "init", "abort", "end_reasoning", "sessions"}
     assert {t for t, lane in lanes.items() if lane is Lane.AUX} == {"tokenize", "detokenize", "count"}
     assert lanes["preload"] is Lane.PREEMPTIBLE and lanes["cleanup"] is Lane.QUEUED
     assert {t for t, route in ((c.__struct_config__.tag, r) for c, r in ROUTES.items()) if route.before_init} == {"ping", "init"}

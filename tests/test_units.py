@@ -187,7 +187,8 @@ def test_leading_empty_system_message_removes_the_system_prompt():
     [
         [_u("a"), _s("late system"), _u("b")],
         [_s("one"), _s("two"), _u("b")],
-        [_u("a"), _a("b")],
+        [_a("b")],
+        [_u("a"), _a("b"), _a("c")],
         [_s("only system")],
         [],
         [_u("a"), _s("system last")],

@@ -252,7 +252,7 @@ class TestGenerate:
         first, _ = worker.generate("Hello there.", max_tokens=8)
         for bad in (
             [],
-            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+            [{"role": "assistant", "content": "b"}],
             [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}, {"role": "user", "content": "c"}],
         ):
             err = worker.error_for(P.Generate(id="bad", input=[P.ChatMessage(**m) for m in bad]))
