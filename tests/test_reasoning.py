@@ -23,8 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from host import AsyncClient, Client, NotReasoning
+import protocol
 from tests.harness import REPO_ROOT
 from tests.models import reasoning_fixture
+from worker import chat_families
+from worker.chat_format import ChatFormatter
 from worker.thoughts import HarmonySplitter, Segment, ThinkTagSplitter
 
 TIMEOUT = 120
@@ -101,6 +104,18 @@ def test_closing_a_thought_drops_a_half_written_close_tag() -> None:
     inject, held = splitter.close_thought()
     assert inject == "\n</think>\n\n" and held == [] and splitter.answering
     assert splitter.feed("\n\nAnswer") == [("text", "Answer")]
+
+
+def test_effort_and_the_switch_reach_the_template() -> None:
+    template = (Path(__file__).parent / "templates" / "gpt-oss.jinja").read_text()
+    formatter = ChatFormatter(name="gguf", template_source=template, bos_token="", eos_token="")
+    profile = chat_families.detect(formatter, lambda _text: False)
+    assert profile.format == "harmony"
+    plan = profile.plan(protocol.Reasoning(effort="low"), constrained=False)
+    assert plan.variables == {"enable_thinking": True, "reasoning_effort": "low"}
+    assert "Reasoning: low" in formatter.render([{"role": "user", "content": "Hi"}], True, plan.variables)
+    off = profile.plan(protocol.Reasoning(enabled=False), constrained=False)
+    assert off.variables["enable_thinking"] is False and off.suffix.endswith("<|channel|>final<|message|>")
 
 
 # ---------------------------------------------------------------------------
@@ -201,6 +216,18 @@ async def test_running_out_of_tokens_while_thinking_says_so(fixtures: dict[str, 
             done = await client.chat(COUNTING, max_tokens=12, **GREEDY)
             assert done.stop_reason == "max_tokens" and done.text == "" and done.reasoning
             assert done.usage.reasoning_tokens == done.usage.completion_tokens == 12
+
+
+@pytest.mark.anyio
+async def test_thoughts_stream_as_they_come_and_stop_sequences_skip_them(fixtures: dict[str, Path]) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with AsyncClient() as client:
+            await client.load(fixtures["deepseek-r1"], n_ctx=2048)
+            chunks: list[str] = []
+            done = await client.chat(COUNTING, max_tokens=150, stop=[", 20,"], on_reasoning=chunks.append, **GREEDY)
+            assert ", 20," in (done.reasoning or ""), "a stop sequence in a thought does not end the reply"
+            assert done.stop_reason != "stop_sequence" or ", 20," not in done.text
+            assert len(chunks) > 1, "thought text is streamed, not sent at the end"
 
 
 class Pet(msgspec.Struct):
