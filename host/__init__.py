@@ -45,6 +45,7 @@ from .generation import Generation, Part
 from .options import USE_CLIENT_DEFAULT, ChatInput, GenerateOptions, LoadOptions, ReasoningOptions, SessionGenerateOptions, Timeout, response_format
 from .session import Session
 from .sync import Client, SyncGeneration, SyncSession
+from .tools import Tool
 from .transport import ProcessTransport, Transport, WorkerStreams, default_worker_command
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "SyncGeneration",
     "SyncSession",
     "Timeout",
+    "Tool",
     "Transport",
     "WorkerCrashed",
     "WorkerStreams",

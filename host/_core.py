@@ -28,7 +28,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import protocol
-from protocol import Chunk, Error, Progress
+from protocol import Chunk, Error, Progress, ToolCallEvent
 
 from .exceptions import BadRequest, LlamaWorkerError, ProtocolViolation, WorkerCrashed, WorkerTimeout, error_from_frame
 from .options import USE_CLIENT_DEFAULT, Timeout, _UseClientDefault
@@ -43,7 +43,7 @@ R = TypeVar("R")
 #: worker is idle (never `busy` because of it) when control returns.
 _WORK_REQUESTS = (protocol.Load, protocol.Generate, protocol.Preload, protocol.SaveSession, protocol.RestoreSession, protocol.Reset, protocol.CloseSession)
 #: Replies that are events of a request, not its end.
-EVENTS = (Chunk, Progress)
+EVENTS = (Chunk, Progress, ToolCallEvent)
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 

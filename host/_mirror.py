@@ -9,6 +9,7 @@ it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import protocol
 from protocol import Done
@@ -19,7 +20,7 @@ class Mirror:
     """One session's conversation."""
 
     system_prompt: str | None = None
-    history: list[dict[str, str]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Mirrors:
@@ -35,7 +36,7 @@ class Mirrors:
             mirror = self.sessions[session] = Mirror(system_prompt=self.default_system_prompt)
         return mirror
 
-    def history(self, session: str) -> list[dict[str, str]]:
+    def history(self, session: str) -> list[dict[str, Any]]:
         return [dict(m) for m in self[session].history]
 
     def loaded(self, system_prompt: str | None) -> None:
@@ -70,18 +71,41 @@ class Mirrors:
             messages = [_message(m) for m in request.input]
             if messages and messages[0]["role"] == "system":
                 mirror.system_prompt = messages.pop(0)["content"] or None
-            if messages and messages[-1]["role"] == "assistant":
+            if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
                 prefill = messages.pop()["content"]  # the reply continued it
             history = messages
         history = history[done.truncated_messages :]
-        reply = {"role": "assistant", "content": prefill + done.text}
+        if done.tool_calls:
+            prefill = _before_call(prefill)
+        reply: dict[str, Any] = {"role": "assistant", "content": prefill + done.text}
         if done.reasoning and request.reasoning is not None and request.reasoning.keep_in_history:
             reply["reasoning"] = done.reasoning
+        if done.tool_calls:
+            reply["tool_calls"] = [_call(c) for c in done.tool_calls]
         mirror.history = [*history, reply]
 
 
-def _message(m: protocol.ChatMessage) -> dict[str, str]:
-    message = {"role": m.role, "content": m.content}
+def _message(m: protocol.ChatMessage) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.reasoning:
         message["reasoning"] = m.reasoning
+    if m.tool_calls:
+        message["tool_calls"] = [_call(c) for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        message["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        message["name"] = m.name
     return message
+
+
+#: What opens a call in a prefill; the worker keeps only the text before it (PROTOCOL.md 7.14).
+_CALL_OPENERS = ("<tool_call>", "[TOOL_CALLS]")
+
+
+def _before_call(prefill: str) -> str:
+    cuts = [i for opener in _CALL_OPENERS if (i := prefill.find(opener)) != -1]
+    return prefill[: min(cuts)] if cuts else prefill
+
+
+def _call(c: protocol.ToolCall) -> dict[str, Any]:
+    return {"id": c.id, "name": c.name, "arguments": c.arguments}

@@ -45,7 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--think", choices=["on", "off", "auto"], default="auto", help="reasoning models: thinking on, off, or the model's default")
     p.add_argument("--reasoning-budget", type=int, metavar="N", help="reasoning models: at most N thought tokens, then the answer")
     p.add_argument("--hide-thoughts", action="store_true", help="reasoning models: do not show the thoughts")
+    p.add_argument("--tools", metavar="FILE.py", help="let the model call this module's public functions (type-hinted parameters)")
+    p.add_argument("--tool-choice", choices=["auto", "required", "none"], default="auto", help="with --tools: may, must, or must not call")
+    p.add_argument("--max-rounds", type=int, default=8, help="with --tools: rounds of calls before the model must answer")
     return p
+
+
+def load_tools(path: str) -> list[Any]:
+    """The public functions a module defines (not those it imports)."""
+    import importlib.util
+    import inspect
+
+    spec = importlib.util.spec_from_file_location("llama_chat_tools", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"llama-chat: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's module: report, do not crash
+        raise SystemExit(f"llama-chat: {path} failed to load: {type(exc).__name__}: {exc}") from None
+    functions = [
+        fn for name, fn in vars(module).items() if inspect.isfunction(fn) and not name.startswith("_") and fn.__module__ == module.__name__
+    ]
+    if not functions:
+        raise SystemExit(f"llama-chat: {path} defines no public functions")
+    return functions
 
 
 THINK = {"on": True, "off": False, "auto": None}
@@ -131,6 +155,39 @@ class Thoughts:
             self.open = False
 
 
+def act_reply(client: Client, text: str, options: dict[str, Any], tools: list[Any], args: argparse.Namespace, out: TextIO) -> None:
+    """One turn with tools: calls and their results go to stderr, the answer to stdout."""
+    thoughts = Thoughts(sys.stderr, args.hide_thoughts)
+
+    def on_chunk(piece: str) -> None:
+        thoughts.end()
+        out.write(piece)
+        out.flush()
+
+    def on_call(call: Any) -> None:
+        thoughts.end()
+        sys.stderr.write(f"-> {call.name}({json.dumps(call.arguments, ensure_ascii=False)})\n")
+
+    def on_result(call: Any, result: str) -> None:
+        sys.stderr.write(f"<- {call.name}: {result}\n")
+
+    result = client.act(
+        text,
+        tools=tools,
+        max_rounds=args.max_rounds,
+        on_chunk=on_chunk,
+        on_reasoning=thoughts.write,
+        on_tool_call=on_call,
+        on_tool_result=on_result,
+        tool_choice=args.tool_choice,
+        **{k: v for k, v in options.items() if k not in ("tools", "tool_choice")},
+    )
+    thoughts.end()
+    out.write("\n")
+    if not args.no_stats:
+        sys.stderr.write(stats_line(result) + "\n")
+
+
 def reply(client: Client, text: str, options: dict[str, Any], out: TextIO, show_stats: bool, hide_thoughts: bool = False) -> None:
     stream = client.generate(text, **options)
     thoughts = Thoughts(sys.stderr, hide_thoughts)
@@ -161,7 +218,7 @@ def describe_sessions(client: Client, current: str) -> str:
     return "\n".join(lines)
 
 
-def interactive(client: Client, args: argparse.Namespace) -> None:
+def interactive(client: Client, args: argparse.Namespace, tools: list[Any]) -> None:
     options = _options(args)
     session = "default"
     assert client.model is not None, "interactive() runs after load()"
@@ -214,14 +271,18 @@ def interactive(client: Client, args: argparse.Namespace) -> None:
             print(f"(system prompt {'set' if prompt else 'removed'}; conversation cleared)", file=sys.stderr)
             continue
         try:
-            reply(client, text, options, sys.stdout, not args.no_stats, args.hide_thoughts)
+            if tools:
+                act_reply(client, text, options, tools, args, sys.stdout)
+            else:
+                reply(client, text, options, sys.stdout, not args.no_stats, args.hide_thoughts)
         except LlamaWorkerError as exc:
             print(f"error: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _options(args)  # a bad --json-schema file fails before the worker starts
+    _options(args)  # a bad --json-schema file (or --tools module) fails before the worker starts
+    tools = load_tools(args.tools) if args.tools else []
     try:
         with Client() as client:
             bar = ProgressBar(sys.stderr)
@@ -233,9 +294,11 @@ def main(argv: list[str] | None = None) -> int:
             client.load(args.model, on_progress=bar, **load_opts)
             bar.done()
             if args.prompt is None:
-                interactive(client, args)
+                interactive(client, args, tools)
                 return 0
-            if args.json:
+            if tools:
+                act_reply(client, args.prompt, _options(args), tools, args, sys.stdout)
+            elif args.json:
                 result = client.chat(args.prompt, **_options(args))
                 print(json.dumps(msgspec.to_builtins(result), ensure_ascii=False, indent=2))
             else:

@@ -14,6 +14,7 @@ of this same class, not a second implementation.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -46,6 +47,7 @@ from protocol import (
     Text,
     TokenCount,
     Tokens,
+    ToolCall,
 )
 
 from ._core import Connection, RequestCore
@@ -54,6 +56,7 @@ from .exceptions import IncompleteOutput, LlamaWorkerError, WorkerCrashed, Worke
 from .generation import Generation
 from .options import (
     USE_CLIENT_DEFAULT,
+    ActOptions,
     ChatInput,
     GenerateOptions,
     LoadOptions,
@@ -61,10 +64,12 @@ from .options import (
     Timeout,
     reasoning,
     response_format,
+    tool_choice,
     wire_input,
     wire_messages,
 )
 from .session import Session
+from .tools import Tool, ToolLike, as_tool, definition
 from .transport import ProcessTransport, Transport, default_worker_command
 
 log = logging.getLogger("llama_worker.host")
@@ -186,11 +191,11 @@ class AsyncClient:
         return self._conn.stderr_text() if self._conn else ""
 
     @property
-    def history(self) -> list[dict[str, str]]:
+    def history(self) -> list[dict[str, Any]]:
         """The default session's conversation as this client knows it (restored after a crash)."""
         return self._mirrors.history(DEFAULT_SESSION)
 
-    def session_history(self, session: str) -> list[dict[str, str]]:
+    def session_history(self, session: str) -> list[dict[str, Any]]:
         """A session's conversation as this client knows it (restored after a crash)."""
         return self._mirrors.history(session)
 
@@ -371,6 +376,10 @@ class AsyncClient:
             fields["response_format"] = response_format(fields["response_format"])
         if "reasoning" in fields:
             fields["reasoning"] = reasoning(fields["reasoning"])
+        if "tools" in fields:
+            fields["tools"] = [definition(as_tool(t)) for t in fields["tools"]]
+        if "tool_choice" in fields:
+            fields["tool_choice"] = tool_choice(fields["tool_choice"])
         request = protocol.Generate(id=self._core.next_id(), input=wire_input(input), **fields)
         waiter = await self._core.open(request, conn)
         return Generation(
@@ -401,6 +410,72 @@ class AsyncClient:
                     self._callback("on_reasoning", on_reasoning, part.text)
         assert stream.result is not None
         return stream.result
+
+    async def act(
+        self,
+        input: ChatInput,
+        *,
+        tools: Sequence[ToolLike],
+        max_rounds: int = 8,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
+        on_tool_result: Callable[[ToolCall, str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[ActOptions],
+    ) -> Done:
+        """A turn that may call tools: generate, run the calls, feed the results back, until an answer.
+
+        `tools` are plain functions (sync or async; their parameters' type hints
+        become the JSON Schema), `host.Tool`s, or definitions. The calls of one
+        round run concurrently; an exception in one becomes its result
+        (`{"error": ...}`) for the model to read. After `max_rounds` rounds of
+        calls, a last round forbids calls, so the model answers. Returns the
+        final round's result; `on_tool_call` and `on_tool_result` report each
+        call and what it returned.
+        """
+        return await self._act(input, DEFAULT_SESSION, tools, max_rounds, on_chunk, on_reasoning, on_tool_call, on_tool_result, timeout, dict(options))
+
+    async def _act(
+        self,
+        input: ChatInput,
+        session: str,
+        tools: Sequence[ToolLike],
+        max_rounds: int,
+        on_chunk: Callable[[str], None] | None,
+        on_reasoning: Callable[[str], None] | None,
+        on_tool_call: Callable[[ToolCall], None] | None,
+        on_tool_result: Callable[[ToolCall, str], None] | None,
+        timeout: float | None,
+        options: dict[str, Any],
+    ) -> Done:
+        runnable = [as_tool(t) for t in tools]
+        by_name = {definition(t).name: t for t in runnable}
+        current: ChatInput = input
+        for round_ in range(max_rounds + 1):
+            choice = options.get("tool_choice", "auto") if round_ < max_rounds else "none"
+            result = await self.chat(
+                current,
+                on_chunk=on_chunk,
+                on_reasoning=on_reasoning,
+                timeout=timeout,
+                **{**options, "session": session, "tools": runnable, "tool_choice": choice},
+            )
+            if not result.tool_calls:
+                return result
+            outputs = [""] * len(result.tool_calls)
+            async with anyio.create_task_group() as group:
+                for index, call in enumerate(result.tool_calls):
+                    if on_tool_call is not None:
+                        self._callback("on_tool_call", on_tool_call, call)
+                    group.start_soon(_run_tool, by_name.get(call.name), call, outputs, index)
+            results = []
+            for call, output in zip(result.tool_calls, outputs, strict=True):
+                if on_tool_result is not None:
+                    self._callback("on_tool_result", on_tool_result, call, output)
+                results.append({"role": "tool", "content": output, "tool_call_id": call.id, "name": call.name})
+            current = [*self._mirrors.history(session), *results]
+        return result
 
     async def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[GenerateOptions]) -> T:
         """One turn whose reply is JSON constrained to `type`'s schema, decoded into `type`.
@@ -507,6 +582,14 @@ class AsyncClient:
         reply = await self._core.call(request, Restored, timeout=timeout)
         self._mirrors.restored(session, reply)  # so that a restart can restore it
         return reply.session
+
+
+async def _run_tool(tool: Tool | protocol.Tool | None, call: ToolCall, outputs: list[str], index: int) -> None:
+    """Run one call into `outputs[index]` (a tool without a function answers with an error)."""
+    if isinstance(tool, Tool):
+        outputs[index] = await tool.call(call.arguments)
+    else:
+        outputs[index] = json.dumps({"error": f"no function runs the tool {call.name!r}"})
 
 
 __all__ = ["AsyncClient", "default_worker_command"]

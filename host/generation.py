@@ -10,7 +10,7 @@ from typing import Any, Literal, NamedTuple
 import anyio
 
 import protocol
-from protocol import Chunk, Done, Error
+from protocol import Chunk, Done, Error, ToolCall, ToolCallEvent
 
 from ._core import Waiter
 from .exceptions import LlamaWorkerError, WorkerTimeout, error_from_frame
@@ -68,6 +68,8 @@ class Generation:
         self._error: BaseException | None = None
         self._chunks: list[str] = []
         self._thoughts: list[str] = []
+        self.tool_calls: list[ToolCall] = []
+        """Tool calls received so far (each as its `tool_call` event arrived)."""
         # One receiver at a time: a blocking caller interrupted by Ctrl-C
         # leaves its receive running while it aborts and drains.
         self._lock = anyio.Lock()
@@ -113,6 +115,12 @@ class Generation:
         await self._send_end_reasoning(self.id)
 
     async def _next_part(self) -> Part:
+        while True:
+            part = await self._next_event()
+            if part is not None:
+                return part
+
+    async def _next_event(self) -> Part | None:
         try:
             async with self._lock:
                 if self.result is not None:
@@ -131,7 +139,10 @@ class Generation:
             raise self._error from None
         return self._take(msg)
 
-    def _take(self, msg: Any) -> Part:
+    def _take(self, msg: Any) -> Part | None:
+        if isinstance(msg, ToolCallEvent):
+            self.tool_calls.append(msg.call)
+            return None
         if isinstance(msg, Chunk):
             if msg.reasoning:
                 self._thoughts.append(msg.reasoning)

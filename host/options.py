@@ -13,9 +13,10 @@ from typing import Any, Final, Literal, TypedDict
 
 import msgspec
 
-from protocol import ChatMessage, Reasoning, ResponseFormat
+from protocol import ChatMessage, NamedToolChoice, Reasoning, ResponseFormat, ToolCall
 
-Message = Mapping[str, str]
+Message = Mapping[str, Any]
+"""{"role", "content"}, and where present "reasoning", "tool_calls", "tool_call_id", "name"."""
 #: The next user turn (a string), or a whole conversation.
 ChatInput = str | Sequence[Message] | Sequence[ChatMessage]
 
@@ -57,8 +58,8 @@ class LoadOptions(TypedDict, total=False):
     session_cache_bytes: int
 
 
-class SessionGenerateOptions(TypedDict, total=False):
-    """`protocol.Generate`'s options other than the session (a `Session` supplies its own)."""
+class ActOptions(TypedDict, total=False):
+    """`protocol.Generate`'s options other than the session and the tools (`act` takes those apart)."""
 
     max_tokens: int
     temperature: float
@@ -71,6 +72,15 @@ class SessionGenerateOptions(TypedDict, total=False):
     mode: Literal["chat", "completion"]
     response_format: ResponseFormatLike
     reasoning: ReasoningOptions | Reasoning
+    tool_choice: Literal["auto", "none", "required"] | Mapping[str, str]
+    parallel_tool_calls: bool
+
+
+class SessionGenerateOptions(ActOptions, total=False):
+    """`protocol.Generate`'s options other than the session (a `Session` supplies its own)."""
+
+    tools: Sequence[Any]
+    """Functions (their schema from their type hints), `host.Tool`s or tool definitions (`protocol.Tool` or dicts)."""
 
 
 class GenerateOptions(SessionGenerateOptions, total=False):
@@ -118,4 +128,23 @@ def wire_input(input: ChatInput) -> str | list[ChatMessage]:
 def wire_messages(messages: Sequence[Message] | Sequence[ChatMessage]) -> list[ChatMessage]:
     """Messages as the protocol's `ChatMessage`s."""
     # Not validated here: a bad role is the worker's `invalid_request`, like any other bad field.
-    return [m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"], reasoning=m.get("reasoning")) for m in messages]  # type: ignore[arg-type]
+    return [m if isinstance(m, ChatMessage) else _chat_message(m) for m in messages]
+
+
+def _chat_message(m: Message) -> ChatMessage:
+    calls = m.get("tool_calls")
+    return ChatMessage(
+        role=m["role"],
+        content=m["content"],
+        reasoning=m.get("reasoning"),
+        tool_calls=[c if isinstance(c, ToolCall) else msgspec.convert(dict(c), ToolCall) for c in calls] if calls else None,
+        tool_call_id=m.get("tool_call_id"),
+        name=m.get("name"),
+    )
+
+
+def tool_choice(value: Literal["auto", "none", "required"] | Mapping[str, str] | NamedToolChoice | None) -> str | NamedToolChoice | None:
+    """`tool_choice=` as the wire has it: a string, or {"name": ...}."""
+    if isinstance(value, Mapping):
+        return NamedToolChoice(name=value["name"])
+    return value

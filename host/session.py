@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from protocol import ChatMessage, Done, Preloaded, Saved, SessionInfo, TokenCount
+from protocol import ChatMessage, Done, Preloaded, Saved, SessionInfo, TokenCount, ToolCall
 
 from .generation import Generation
-from .options import USE_CLIENT_DEFAULT, ChatInput, Message, SessionGenerateOptions, Timeout
+from .options import USE_CLIENT_DEFAULT, ActOptions, ChatInput, Message, SessionGenerateOptions, Timeout
+from .tools import ToolLike
 
 if TYPE_CHECKING:
     from .client import AsyncClient
@@ -31,7 +32,7 @@ class Session:
         self.name = name
 
     @property
-    def history(self) -> list[dict[str, str]]:
+    def history(self) -> list[dict[str, Any]]:
         """This session's conversation as the client knows it (restored after a crash)."""
         return self.client.session_history(self.name)
 
@@ -48,6 +49,22 @@ class Session:
         **options: Unpack[SessionGenerateOptions],
     ) -> Done:
         return await self.client.chat(input, on_chunk=on_chunk, on_reasoning=on_reasoning, timeout=timeout, session=self.name, **options)
+
+    async def act(
+        self,
+        input: ChatInput,
+        *,
+        tools: Sequence[ToolLike],
+        max_rounds: int = 8,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
+        on_tool_result: Callable[[ToolCall, str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[ActOptions],
+    ) -> Done:
+        """`AsyncClient.act` in this session."""
+        return await self.client._act(input, self.name, tools, max_rounds, on_chunk, on_reasoning, on_tool_call, on_tool_result, timeout, dict(options))
 
     async def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]) -> T:
         return await self.client.chat_as(input, type, timeout=timeout, session=self.name, **options)

@@ -16,12 +16,13 @@ from typing import Any, TypeVar, Unpack
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 import protocol
-from protocol import DEFAULT_SESSION, ChatMessage, Done, LogLevel, ModelInfo, Preloaded, Ready, Saved, SessionInfo, SessionList, TokenCount
+from protocol import DEFAULT_SESSION, ChatMessage, Done, LogLevel, ModelInfo, Preloaded, Ready, Saved, SessionInfo, SessionList, TokenCount, ToolCall
 
 from .client import AsyncClient
 from .generation import Generation, Part
-from .options import USE_CLIENT_DEFAULT, ChatInput, GenerateOptions, LoadOptions, Message, SessionGenerateOptions, Timeout
+from .options import USE_CLIENT_DEFAULT, ActOptions, ChatInput, GenerateOptions, LoadOptions, Message, SessionGenerateOptions, Timeout
 from .session import Session
+from .tools import ToolLike
 from .transport import Transport
 
 T = TypeVar("T")
@@ -173,7 +174,7 @@ class Client:
         return self._async.stderr_tail
 
     @property
-    def history(self) -> list[dict[str, str]]:
+    def history(self) -> list[dict[str, Any]]:
         return self._async.history
 
     def _run(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
@@ -215,6 +216,33 @@ class Client:
         assert stream.result is not None
         return stream.result
 
+    def act(
+        self,
+        input: ChatInput,
+        *,
+        tools: Sequence[ToolLike],
+        max_rounds: int = 8,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
+        on_tool_result: Callable[[ToolCall, str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[ActOptions],
+    ) -> Done:
+        """`AsyncClient.act`: sync tools run on worker threads, async ones on the client's event loop."""
+        return self._run(
+            self._async.act,
+            input,
+            tools=tools,
+            max_rounds=max_rounds,
+            on_chunk=on_chunk,
+            on_reasoning=on_reasoning,
+            on_tool_call=on_tool_call,
+            on_tool_result=on_tool_result,
+            timeout=timeout,
+            **options,
+        )
+
     def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[GenerateOptions]) -> T:
         decoded: T = self._run(self._async.chat_as, input, type, timeout=timeout, **options)
         return decoded
@@ -247,7 +275,7 @@ class Client:
     def session(self, name: str = DEFAULT_SESSION) -> SyncSession:
         return SyncSession(self, self._async.session(name))
 
-    def session_history(self, session: str) -> list[dict[str, str]]:
+    def session_history(self, session: str) -> list[dict[str, Any]]:
         return self._async.session_history(session)
 
     def sessions(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionList:
@@ -300,7 +328,7 @@ class SyncSession:
         self.name = session.name
 
     @property
-    def history(self) -> list[dict[str, str]]:
+    def history(self) -> list[dict[str, Any]]:
         return self._session.history
 
     def generate(self, input: ChatInput, *, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]) -> SyncGeneration:
@@ -316,6 +344,32 @@ class SyncSession:
         **options: Unpack[SessionGenerateOptions],
     ) -> Done:
         return self._client.chat(input, on_chunk=on_chunk, on_reasoning=on_reasoning, timeout=timeout, session=self.name, **options)
+
+    def act(
+        self,
+        input: ChatInput,
+        *,
+        tools: Sequence[ToolLike],
+        max_rounds: int = 8,
+        on_chunk: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
+        on_tool_result: Callable[[ToolCall, str], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[ActOptions],
+    ) -> Done:
+        return self._client._run(
+            self._session.act,
+            input,
+            tools=tools,
+            max_rounds=max_rounds,
+            on_chunk=on_chunk,
+            on_reasoning=on_reasoning,
+            on_tool_call=on_tool_call,
+            on_tool_result=on_tool_result,
+            timeout=timeout,
+            **options,
+        )
 
     def chat_as(self, input: ChatInput, type: type[T], *, timeout: float | None = None, **options: Unpack[SessionGenerateOptions]) -> T:
         return self._client.chat_as(input, type, timeout=timeout, session=self.name, **options)

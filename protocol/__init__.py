@@ -36,6 +36,7 @@ from .messages import (
     Log,
     LogLevel,
     ModelInfo,
+    NamedToolChoice,
     Ok,
     Ping,
     Pong,
@@ -62,6 +63,9 @@ from .messages import (
     TokenCount,
     Tokenize,
     Tokens,
+    Tool,
+    ToolCall,
+    ToolCallEvent,
     Usage,
 )
 
@@ -121,6 +125,10 @@ __all__ = [
     "RequestId",
     "Reset",
     "Timings",
+    "Tool",
+    "ToolCall",
+    "ToolCallEvent",
+    "NamedToolChoice",
     "Usage",
     "decode_reply",
     "decode_request",

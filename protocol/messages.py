@@ -25,8 +25,8 @@ PROTOCOL_VERSION = 1
 RequestId = int | str
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-StopReason = Literal["eos", "stop_sequence", "max_tokens", "aborted", "context_full"]
-Role = Literal["system", "user", "assistant"]
+StopReason = Literal["eos", "stop_sequence", "max_tokens", "aborted", "context_full", "tool_calls"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 _Seed = Annotated[int, Meta(ge=0, le=0xFFFFFFFE, description="Sampling seed (uint32, 0xFFFFFFFF excluded)")]
 _Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -85,6 +85,15 @@ class Load(_Message, tag="load", kw_only=True):
     """RAM budget for the KV state of sessions that are not in the context (LRU). Default: 1/8 of RAM, at most 4 GiB; 0: none."""
 
 
+class ToolCall(msgspec.Struct, kw_only=True):
+    """A call the model made: which tool, with which arguments (a JSON object valid against its `parameters`)."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=256)]
+    """Chosen by the worker when the model's format has none; a `tool` message answers it by this id."""
+    name: str
+    arguments: dict[str, Any]
+
+
 class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One turn of a conversation."""
 
@@ -93,6 +102,30 @@ class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     reasoning: str | None = None
     """An assistant turn's thoughts, when they are kept (`generate.reasoning.keep_in_history`).
     Templates see them as `reasoning_content` and `thinking` and decide whether to show them."""
+    tool_calls: list[ToolCall] | None = None
+    """An assistant turn's tool calls (its `content` is the text written before them)."""
+    tool_call_id: str | None = None
+    """A `tool` message: the id of the call it answers."""
+    name: str | None = None
+    """A `tool` message: the tool's name (optional; taken from the call when omitted)."""
+
+
+_ToolName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    """A function the model may call."""
+
+    name: _ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON Schema object for the arguments (the subset `response_format` accepts). Omitted: no arguments."""
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True):
+    """`tool_choice` naming the one tool to call."""
+
+    name: str
 
 
 class ResponseFormat(msgspec.Struct, kw_only=True):
@@ -148,6 +181,13 @@ class Generate(_Message, tag="generate", kw_only=True):
     With a reasoning model the grammar applies to the answer, after the thought."""
     reasoning: Reasoning | None = None
     """Thinking on or off, its budget and effort, and whether thoughts stay in the history."""
+    tools: list[Tool] | None = None
+    """Functions the model may call (chat mode). Calls come as `tool_call` events and in `done.tool_calls`."""
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    """With `tools`: "auto" (default: the model decides), "none", "required" (a call, from the first
+    token), or {"name": ...} (that tool)."""
+    parallel_tool_calls: bool = True
+    """Allow several calls in one reply."""
 
 
 class Abort(_Message, tag="abort", kw_only=True):
@@ -308,6 +348,10 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     gpu_layers_offloaded: int = 0
     """Layers llama.cpp puts on a GPU for this request: derived from `n_gpu_layers`, `n_layer` and
     whether the build can offload (0 when it cannot), not read back from llama.cpp."""
+    tool_format: Literal["hermes", "llama3", "mistral", "harmony", "generic"] = "generic"
+    """How the model writes tool calls, detected at load from its template: "hermes" (`<tool_call>`
+    JSON: Qwen, Hermes, SmolLM3), "llama3" (`{"name", "parameters"}` JSON, `<|python_tag|>`),
+    "mistral" (`[TOOL_CALLS]`), "harmony" (gpt-oss), "generic" (a built-in tool prompt)."""
     reasoning: Literal["none", "think_tags", "harmony"] = "none"
     """How the model thinks, detected at load from its template and vocabulary: "think_tags"
     (`<think>`...`</think>`: Qwen3, DeepSeek-R1, SmolLM3), "harmony" (gpt-oss's analysis channel)."""
@@ -330,6 +374,15 @@ class Chunk(_Message, tag="chunk", kw_only=True, omit_defaults=True):
     """Answer text ("" in a thought chunk)."""
     reasoning: str = ""
     """Thought text (reasoning models)."""
+
+
+class ToolCallEvent(_Message, tag="tool_call", kw_only=True):
+    """Event of a `generate`: a complete tool call (its raw syntax never appears in any `text`)."""
+
+    id: RequestId
+    index: int
+    """0 for the reply's first call, then 1, 2..."""
+    call: ToolCall
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -368,6 +421,8 @@ class Done(_Message, tag="done", kw_only=True):
     reasoning: str | None = None
     """All the thought text of the reply (null when the model did not think). A reply that ran out
     of `max_tokens` while thinking has `reasoning` and an empty `text`."""
+    tool_calls: list[ToolCall] | None = None
+    """The reply's tool calls, as the `tool_call` events gave them (null: none); `stop_reason` is then "tool_calls"."""
 
 
 class Ok(_Message, tag="ok", kw_only=True):
@@ -474,7 +529,7 @@ class Log(_Message, tag="log", kw_only=True):
     message: str
 
 
-Reply = Ready | Progress | Loaded | Chunk | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored | Tokens | Text | TokenCount
+Reply = Ready | Progress | Loaded | Chunk | ToolCallEvent | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored | Tokens | Text | TokenCount
 
 #: Tags of each direction, for telling an unknown `type` from a malformed one.
 REQUEST_TYPES: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in Request.__args__)

@@ -40,6 +40,14 @@ REASONING_FIXTURES = {
     "kept-thoughts": "chatml-kept-thoughts.jinja",
 }
 
+#: Fixture name -> template file: one per tool-call family (Qwen3 is the Hermes-style one).
+TOOL_FIXTURES = {
+    "hermes": "hermes-3-tool-use.jinja",
+    "qwen3": "qwen3.jinja",
+    "llama3": "llama-3.1.jinja",
+    "mistral": "mistral-nemo.jinja",
+}
+
 
 def reasoning_fixture(folder: Path, name: str) -> Path:
     """The default model carrying a published reasoning template (see tests/templates/README.md)."""
@@ -47,20 +55,29 @@ def reasoning_fixture(folder: Path, name: str) -> Path:
     return with_template(folder, f"{name}.gguf", template)
 
 
+def tool_fixture(folder: Path, name: str) -> Path:
+    """The default model carrying a published tool-calling template."""
+    template = (TEMPLATES / TOOL_FIXTURES[name]).read_text()
+    return with_template(folder, f"tools-{name}.gguf", template)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.models reasoning DIR`: write the reasoning fixtures, print {name: path} as JSON.
+    """`python -m tests.models reasoning|tools DIR`: write those fixtures, print {name: path} as JSON.
 
     The Node suite uses it to get the same fixtures.
     """
     import json
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "reasoning":
-        print("usage: python -m tests.models reasoning DIR", file=sys.stderr)
+    if len(args) != 2 or args[0] not in ("reasoning", "tools"):
+        print("usage: python -m tests.models reasoning|tools DIR", file=sys.stderr)
         return 2
     folder = Path(args[1])
     folder.mkdir(parents=True, exist_ok=True)
-    print(json.dumps({name: str(reasoning_fixture(folder, name)) for name in REASONING_FIXTURES}))
+    if args[0] == "tools":
+        print(json.dumps({name: str(tool_fixture(folder, name)) for name in TOOL_FIXTURES}))
+    else:
+        print(json.dumps({name: str(reasoning_fixture(folder, name)) for name in REASONING_FIXTURES}))
     return 0
 
 

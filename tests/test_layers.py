@@ -87,10 +87,10 @@ def test_forced_extra_buffer_types_are_reported() -> None:
 
 
 class _ExplodingWorker(LlamaWorker):
-    def generate(self, request, on_chunk=lambda _k, _t: None, should_abort=lambda: False, started_at=None, thoughts=None):  # type: ignore[override]
+    def generate(self, request, on_chunk=lambda _k, _t: None, should_abort=lambda: False, started_at=None, thoughts=None, on_tool_call=None):  # type: ignore[override]
         if request.input == "explode":
             raise RuntimeError("kaboom")
-        return super().generate(request, on_chunk, should_abort, started_at, thoughts)
+        return super().generate(request, on_chunk, should_abort, started_at, thoughts, on_tool_call)
 
 
 def test_server_turns_an_unexpected_exception_into_internal_and_keeps_serving() -> None:

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host import AsyncClient, Client, NotReasoning
 import protocol
+from host import AsyncClient, Client, NotReasoning
 from tests.harness import REPO_ROOT
 from tests.models import reasoning_fixture
 from worker import chat_families

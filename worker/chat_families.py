@@ -181,3 +181,61 @@ def detect(formatter: ChatFormatter, is_special_token: Callable[[str], bool]) ->
             text = ""
         states.append(family.prompt_state(text.rsplit("PROBE-USER-2", 1)[-1]))
     return ReasoningProfile(family, states[0], states[1])
+
+
+# ---------------------------------------------------------------------------
+# tool calls
+# ---------------------------------------------------------------------------
+
+ToolFormat = Literal["hermes", "llama3", "mistral", "harmony", "generic"]
+
+
+@dataclass(frozen=True)
+class ToolFamily:
+    """How a family writes tool calls, and how its templates take tools."""
+
+    format: ToolFormat
+    open: str
+    """What starts the calls (the trigger the call grammar waits for under "auto")."""
+    close: str
+    """What ends one call; "" when the JSON's own end does."""
+    shape: Literal["object", "array"]
+    """One JSON object per call, or one JSON array of every call (Mistral)."""
+    args_key: str
+    """Where the arguments go: "arguments", or "parameters" (Llama 3)."""
+    native: bool = True
+    """The template renders `tools`, `tool_calls` and the `tool` role itself."""
+    start_only: bool = False
+    """A call only counts at the start of the answer (Llama 3's bare JSON)."""
+    id_length: int = 0
+    """Call ids the template insists on: this many letters and digits (Mistral: 9). 0: any."""
+
+
+TOOL_FAMILIES: dict[ToolFormat, ToolFamily] = {
+    "hermes": ToolFamily("hermes", open="<tool_call>", close="</tool_call>", shape="object", args_key="arguments"),
+    "llama3": ToolFamily("llama3", open="{", close="", shape="object", args_key="parameters", start_only=True),
+    "mistral": ToolFamily("mistral", open="[TOOL_CALLS]", close="", shape="array", args_key="arguments", id_length=9),
+    # gpt-oss writes calls in Harmony's commentary channel; parsed as Hermes-style JSON by the generic
+    # prompt until its own syntax is supported (see PROTOCOL.md 7.14).
+    "generic": ToolFamily("generic", open="<tool_call>", close="</tool_call>", shape="object", args_key="arguments", native=False),
+}
+
+#: The tool prompt for templates that know nothing of tools: appended to the system prompt.
+GENERIC_TOOL_PROMPT = (
+    "You can call these tools (JSON Schema of each tool's arguments):\n{tools}\n\n"
+    "To call a tool, write only:\n<tool_call>\n{{\"name\": \"<tool name>\", \"arguments\": {{<arguments>}}}}\n</tool_call>\n"
+    "You may write several calls, one after the other. A tool's result comes back in a "
+    "<tool_response> message; then answer the user."
+)
+
+
+def detect_tools(template_source: str) -> ToolFamily:
+    """The family whose call syntax the template shows; generic when it shows none (or only Harmony's)."""
+    if "tools" in template_source:
+        if "<tool_call>" in template_source:
+            return TOOL_FAMILIES["hermes"]
+        if "[TOOL_CALLS]" in template_source:
+            return TOOL_FAMILIES["mistral"]
+        if "<|python_tag|>" in template_source or "ipython" in template_source:
+            return TOOL_FAMILIES["llama3"]
+    return TOOL_FAMILIES["generic"]

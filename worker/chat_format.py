@@ -28,7 +28,7 @@ from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-Message = dict[str, str]
+Message = dict[str, Any]
 
 #: Rendered prompts larger than this are refused (a template is untrusted).
 MAX_RENDER_CHARS = 8 * 1024 * 1024
@@ -40,7 +40,7 @@ DEFAULT_VARIABLES: dict[str, Any] = {"enable_thinking": True}
 
 def _template_message(m: Message) -> dict[str, Any]:
     """A message as templates expect it: kept thoughts as `reasoning_content` (Qwen, DeepSeek) and `thinking` (gpt-oss)."""
-    out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+    out: dict[str, Any] = {k: v for k, v in m.items() if k != "reasoning"}
     if m.get("reasoning"):
         out["reasoning_content"] = out["thinking"] = m["reasoning"]
     return out
@@ -243,6 +243,9 @@ class ChatFormatter:
     source: str = "gguf"
     stop: tuple[str, ...] = ()
     merge_system: bool = False
+    no_tools: list[Any] | None = None
+    """What `tools` is when a request has none: null, as llama.cpp passes it, or [] for templates
+    that iterate `tools` unguarded (Hermes 3's tool-use template), found by the probe."""
     _template: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -254,13 +257,11 @@ class ChatFormatter:
     def _render_raw(self, messages: Sequence[Message], add_generation_prompt: bool, variables: Mapping[str, Any] | None = None) -> str:
         try:
             text = self._template.render(
-                {**DEFAULT_VARIABLES, **(variables or {})},
+                {"documents": None, **DEFAULT_VARIABLES, **(variables or {}), "tools": (variables or {}).get("tools") or self.no_tools},
                 messages=[_template_message(m) for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
-                tools=None,
-                documents=None,
             )
         except RecursionError:
             raise ChatFormatError("chat template recursed too deeply") from None
@@ -295,7 +296,11 @@ class ChatFormatter:
             {"role": "assistant", "content": "PROBE-ASSISTANT-1"},
             {"role": "user", "content": "PROBE-USER-2"},
         ]
-        text = self._render_raw(turns, True)
+        try:
+            text = self._render_raw(turns, True)
+        except ChatFormatError:
+            self.no_tools = []  # a template that needs a tools list; if it still fails, that error stands
+            text = self._render_raw(turns, True)
         for marker in ("PROBE-USER-1", "PROBE-ASSISTANT-1", "PROBE-USER-2"):
             if marker not in text:
                 raise ChatFormatError(f"chat template dropped a message of the test conversation ({marker})")

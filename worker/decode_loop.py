@@ -22,9 +22,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import protocol
+
 from .llama_backend import Context, Model, Sampler
 from .output_filters import StopMatcher
 from .thoughts import Kind, Segment, ThoughtSplitter
+from .tool_calls import ToolCallParser
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Decoded:
     """From the first emitted text to the end."""
     reasoning: str = ""
     reasoning_tokens: int = 0
+    tool_calls: list[protocol.ToolCall] | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -67,12 +71,22 @@ class Thinking:
         return (self.budget_tokens is not None and reasoning_tokens >= self.budget_tokens) or self.end_requested()
 
 
-class _Output:
-    """Where text goes: thought text out at once, answer text through the stop sequences."""
+@dataclass
+class Calling:
+    """Tool calls: the parser in the answer's path, and the grammar that joins when a call begins."""
 
-    def __init__(self, emit: Callable[[Kind, str], None], stops: StopMatcher, started_at: float) -> None:
+    parser: ToolCallParser
+    on_call: Callable[[protocol.ToolCall], None]
+    lazy_sampler: Callable[[], Sampler] | None = None
+
+
+class _Output:
+    """Where text goes: thought text out at once; answer text through the tool-call parser, then the stop sequences."""
+
+    def __init__(self, emit: Callable[[Kind, str], None], stops: StopMatcher, started_at: float, calling: Calling | None = None) -> None:
         self._emit = emit
         self._stops = stops
+        self._calling = calling
         self._started_at = started_at
         self.answer: list[str] = []
         self.reasoning: list[str] = []
@@ -93,11 +107,17 @@ class _Output:
         if kind == "reasoning":
             self._send(kind, text)
             return False
+        if self._calling is not None:
+            text, calls = self._calling.parser.feed(text)
+            for call in calls:
+                self._calling.on_call(call)
         text, stopped = self._stops.feed(text)
         self._send("text", text)
         return stopped
 
     def flush_answer(self) -> None:
+        if self._calling is not None:
+            self._send("text", self._stops.feed(self._calling.parser.flush())[0])
         self._send("text", self._stops.flush())
 
 
@@ -115,9 +135,10 @@ def decode(
     started_at: float,
     thinking: Thinking | None = None,
     marker_pieces: Mapping[int, bytes] | None = None,
+    calling: Calling | None = None,
 ) -> Decoded:
     """Generate up to `max_tokens` tokens (and at most `budget`, the room left in the context)."""
-    out = _Output(emit, stops, started_at)
+    out = _Output(emit, stops, started_at, calling)
     n_gen = n_reasoning = written = 0
     reason = "max_tokens"
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
@@ -157,7 +178,16 @@ def decode(
                 assert thinking.answer_sampler is not None
                 sampler = thinking.answer_sampler()
                 grammar_pending = False
+        if calling is not None and calling.lazy_sampler is not None and calling.parser.in_call:
+            sampler = calling.lazy_sampler()  # a call has begun: from here on it can only be a valid one
+            calling.lazy_sampler = None
         token = sampler.sample(context)
+        if (is_eog(token) or token in stop_tokens) and grammar_pending and splitter is not None and splitter.in_thought:
+            # The model would end inside its thought, but a grammar waits for the answer (JSON, a
+            # tool call): end the thought instead, and let the answer come.
+            assert thinking is not None
+            thinking.end_requested = lambda: True
+            continue
         if is_eog(token) or token in stop_tokens:
             reason = "eos"
             break
@@ -186,4 +216,7 @@ def decode(
             out.segment(kind, part)
         out.flush_answer()
     decode_s = time.perf_counter() - out.t_first if out.t_first else 0.0
-    return Decoded("".join(out.answer), reason, n_gen, out.ttft_ms, decode_s, "".join(out.reasoning), n_reasoning)
+    calls = calling.parser.calls if calling is not None and calling.parser.calls else None
+    if calls and reason in ("eos", "stop_sequence"):
+        reason = "tool_calls"
+    return Decoded("".join(out.answer), reason, n_gen, out.ttft_ms, decode_s, "".join(out.reasoning), n_reasoning, calls)

@@ -116,6 +116,7 @@ class Handlers:
             should_abort=job.cancel.is_set,
             started_at=job.received_at,
             thoughts=job.thoughts,
+            on_tool_call=lambda index, call: self.writer.send(protocol.ToolCallEvent(id=rid, index=index, call=call)),
         )
         if done.truncated_messages:
             log.warning("context full: dropped the %d oldest messages of the history", done.truncated_messages)

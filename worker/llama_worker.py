@@ -36,6 +36,7 @@ from .prompt import as_message, turn_prompt
 from .session import ChatSession, Message
 from .session_switch import activate, stash_owner
 from .thoughts import Kind
+from .tool_calls import check_tool_messages
 
 CAPABILITIES = [
     "load_progress",
@@ -124,13 +125,14 @@ class LlamaWorker:
         should_abort: Abort = _never,
         started_at: float | None = None,
         thoughts: ThoughtControl | None = None,
+        on_tool_call: Callable[[int, protocol.ToolCall], None] | None = None,
     ) -> protocol.Done:
         """Run one generation (see `pipeline`); the reply (partial on abort) joins the history.
 
         `on_chunk(kind, text)` gets answer text ("text") and thought text ("reasoning").
         """
         started_at = time.perf_counter() if started_at is None else started_at
-        return run_generation(self._require_loaded(), request, on_chunk, should_abort, started_at, thoughts)
+        return run_generation(self._require_loaded(), request, on_chunk, should_abort, started_at, thoughts, on_tool_call)
 
     # -- sessions ----------------------------------------------------------
 
@@ -141,6 +143,7 @@ class LlamaWorker:
             if m.role == "system":
                 raise WorkerError.invalid(f"history[{i}]: a system prompt goes in `system_prompt`, not the history")
             messages.append(as_message(m))
+        check_tool_messages(messages)
         store = self._require_loaded().sessions
         chat = store.get(session)
         with store.lock:

@@ -59,6 +59,8 @@ class LoadedModel:
     """What a saved session must match to be restored into this model."""
     reasoning: ReasoningProfile = NO_REASONING
     """How the model thinks (`chat_families`)."""
+    tool_family: chat_families.ToolFamily = chat_families.TOOL_FAMILIES["generic"]
+    """How the model writes tool calls (`chat_families`)."""
     marker_pieces: dict[int, bytes] = field(default_factory=dict)
     """Special tokens of the reasoning markers, with their text: the decode loop shows them to
     the thought splitter (llama.cpp renders control tokens as nothing)."""
@@ -119,6 +121,7 @@ def load_model(options: Load, progress: Callable[[float], None], should_abort: A
         if should_abort():
             raise WorkerError(ErrorCode.ABORTED, "the load was aborted")
         reasoning = chat_families.detect(formatter, lambda text: model.single_token(text) is not None)
+        tool_family = chat_families.detect_tools(formatter.template_source)
         stop_tokens: set[int] = set()
         stop_strings: list[str] = []
         for marker in (*formatter.stop, *(reasoning.family.stop_markers if reasoning.family else ())):
@@ -147,6 +150,7 @@ def load_model(options: Load, progress: Callable[[float], None], should_abort: A
             n_layer=model.n_layer,
             gpu_layers_offloaded=gpu_layers_offloaded(n_gpu_layers, model.n_layer),
             reasoning=reasoning.format,
+            tool_format=tool_family.format,
             reasoning_can_disable=reasoning.can_disable,
         )
         marker_pieces = {
@@ -161,7 +165,7 @@ def load_model(options: Load, progress: Callable[[float], None], should_abort: A
     seeds: random.Random = random.Random(options.seed) if options.seed is not None else random.SystemRandom()
     sessions = SessionStore(options.system_prompt or None, cache_budget)
     return LoadedModel(
-        model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds, sessions, fingerprint, reasoning, marker_pieces
+        model, context, formatter, info, frozenset(stop_tokens), tuple(stop_strings), seeds, sessions, fingerprint, reasoning, tool_family, marker_pieces
     )
 
 

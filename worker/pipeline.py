@@ -21,7 +21,7 @@ import protocol
 from protocol import ErrorCode, Generate
 
 from .chat_families import ThoughtPlan
-from .decode_loop import Decoded, Thinking, decode
+from .decode_loop import Calling, Decoded, Thinking, decode
 from .errors import WorkerError
 from .lanes import ThoughtControl
 from .llama_backend import DecodeAborted, LlamaError, Sampler, SamplingParams
@@ -32,13 +32,14 @@ from .session import ChatSession, Turn
 from .session_switch import activate
 from .structured import StructuredOutputError, grammar_for, is_complete_json
 from .thoughts import Kind
+from .tool_calls import ToolPlan, plan_tools
 
 DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
 DEFAULT_REPEAT_PENALTY = 1.1
 REPEAT_LAST_N = 64
 
-StopReason = Literal["eos", "stop_sequence", "max_tokens", "aborted", "context_full"]
+StopReason = Literal["eos", "stop_sequence", "max_tokens", "aborted", "context_full", "tool_calls"]
 
 
 @dataclass
@@ -58,6 +59,11 @@ class GenerationState:
     """build/render: what the reply will be committed with."""
     plan: ThoughtPlan = field(default_factory=ThoughtPlan)
     """plan: how this request thinks (a model that does not: the template variables only)."""
+    on_call: Callable[[int, protocol.ToolCall], None] = lambda _index, _call: None
+    tools: ToolPlan | None = None
+    """plan: the tools the model may call now."""
+    lazy_grammar: object | None = None
+    """constrain: under tool_choice "auto", the call grammar that joins when a call begins."""
     prompt: list[int] = field(default_factory=list)
     """render: the prompt's tokens."""
     grammar: object | None = None
@@ -97,6 +103,14 @@ class BuildTurn:
         state.prompt = prompt
 
 
+class PlanTools:
+    """Chat with tools: check them, build the call grammars (`tool_calls.plan_tools`)."""
+
+    def run(self, state: GenerationState) -> None:
+        if state.turn is not None:
+            state.tools = plan_tools(state.request, state.loaded.tool_family)
+
+
 class PlanThoughts:
     """Chat: how a reasoning model thinks for this request (`chat_families`): template variables,
     what to append to the prompt, where the reply starts. A prefill decides where the reply starts."""
@@ -105,7 +119,8 @@ class PlanThoughts:
         if state.turn is None:
             return
         request, profile = state.request, state.loaded.reasoning
-        plan = profile.plan(request.reasoning, constrained=request.response_format is not None)
+        forced_call = state.tools is not None and state.tools.forced
+        plan = profile.plan(request.reasoning, constrained=request.response_format is not None or forced_call)
         if state.turn.prefill is not None and plan.family is not None:
             tail = prefill_tail(state.loaded, state.turn.prefill, Rendering(plan.variables))
             plan = replace(plan, suffix="", state=plan.family.prompt_state(tail))
@@ -117,7 +132,9 @@ class Render:
 
     def run(self, state: GenerationState) -> None:
         if state.turn is not None:
-            rendering = Rendering(state.plan.variables, state.plan.suffix)
+            tools = state.tools
+            variables = {**state.plan.variables, "tools": tools.template_tools()} if tools is not None else state.plan.variables
+            rendering = Rendering(variables, state.plan.suffix, tools.system_addition() if tools is not None else "")
             state.prompt = fit_turn(state.loaded, state.turn, state.request.max_tokens, rendering)
 
 
@@ -125,6 +142,15 @@ class Constrain:
     """`response_format` becomes the model's grammar sampler prototype (built once per schema, then cached)."""
 
     def run(self, state: GenerationState) -> None:
+        tools = state.tools
+        if tools is not None:
+            try:
+                if tools.forced:
+                    state.grammar = state.loaded.model.grammar(tools.full_grammar)
+                elif tools.lazy_grammar is not None:
+                    state.lazy_grammar = state.loaded.model.grammar(tools.lazy_grammar)
+            except LlamaError as exc:
+                raise WorkerError.invalid(f"tools: llama.cpp refused the grammar built from them: {exc}") from None
         fmt = state.request.response_format
         if fmt is None:
             return
@@ -201,6 +227,22 @@ class Decode:
                     (lambda: sampler(state.grammar)) if state.grammar is not None else None,
                 )
             first = sampler(state.grammar if thinking is None or thinking.answer_sampler is None else None)
+            calling = None
+            if state.tools is not None:
+                made: list[protocol.ToolCall] = []
+
+                def on_call(call: protocol.ToolCall) -> None:
+                    state.on_call(len(made), call)
+                    made.append(call)
+
+                lazy = state.lazy_grammar
+                parser = state.tools.parser()
+                if state.turn is not None and state.turn.prefill:
+                    # A prefill may open a call (`<tool_call>`): the parser starts where it ends,
+                    # and the history keeps only the prefill's text before the call.
+                    shown, _ = parser.feed(state.turn.prefill)
+                    state.turn.prefill = shown if parser.in_call else state.turn.prefill
+                calling = Calling(parser, on_call, (lambda: sampler(lazy)) if lazy is not None else None)
             state.decoded = decode(
                 loaded.model,
                 loaded.context,
@@ -215,6 +257,7 @@ class Decode:
                 state.started_at,
                 thinking,
                 loaded.marker_pieces,
+                calling,
             )
 
 
@@ -228,12 +271,13 @@ class Commit:
             return
         if not (decoded.stop_reason == "aborted" and not decoded.text):
             kept = decoded.reasoning if state.plan.keep_in_history else None
+            calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in decoded.tool_calls or []]
             with sessions.lock:
-                state.session.commit(state.turn, decoded.text, kept)
+                state.session.commit(state.turn, decoded.text, kept, calls)
         sessions.set_tokens(state.request.session, len(state.loaded.context.tokens))
 
 
-STAGES: tuple[Stage, ...] = (BuildTurn(), PlanThoughts(), Render(), Constrain(), Activate(), ChooseSampling(), Evaluate(), Decode(), Commit())
+STAGES: tuple[Stage, ...] = (BuildTurn(), PlanTools(), PlanThoughts(), Render(), Constrain(), Activate(), ChooseSampling(), Evaluate(), Decode(), Commit())
 
 
 def run_generation(
@@ -243,9 +287,12 @@ def run_generation(
     should_abort: Callable[[], bool],
     started_at: float,
     thoughts: ThoughtControl | None = None,
+    on_call: Callable[[int, protocol.ToolCall], None] | None = None,
 ) -> protocol.Done:
     """Run every stage; return the `done` reply (partial on abort)."""
     state = GenerationState(request, loaded, emit, should_abort, started_at, thoughts or ThoughtControl())
+    if on_call is not None:
+        state.on_call = on_call
     for stage in STAGES:
         try:
             stage.run(state)
@@ -277,4 +324,5 @@ def _done(state: GenerationState) -> protocol.Done:
         seed=None if request.temperature <= 0.0 else sampling.seed,
         incomplete=state.grammar is not None and decoded.stop_reason != "eos" and not is_complete_json(decoded.text),
         reasoning=decoded.reasoning or None,
+        tool_calls=decoded.tool_calls,
     )

@@ -19,14 +19,34 @@ from .chat_format import ChatFormatError
 from .errors import WorkerError
 from .loading import LoadedModel
 from .session import ChatSession, Message, Turn, fit_to_context
+from .tool_calls import template_message
 
 
 def as_message(m: protocol.ChatMessage) -> Message:
-    """A protocol message as the session holds it (thoughts only where there are some)."""
-    message = {"role": m.role, "content": m.content}
+    """A protocol message as the session holds it (thoughts, calls and call ids only where there are some)."""
+    message: Message = {"role": m.role, "content": m.content}
     if m.reasoning:
         message["reasoning"] = m.reasoning
+    if m.tool_calls:
+        message["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        message["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        message["name"] = m.name
     return message
+
+
+def as_chat_message(m: Message) -> protocol.ChatMessage:
+    """A session message as the protocol carries it."""
+    calls = m.get("tool_calls")
+    return protocol.ChatMessage(
+        role=m["role"],
+        content=m["content"],
+        reasoning=m.get("reasoning"),
+        tool_calls=[protocol.ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in calls] if calls else None,
+        tool_call_id=m.get("tool_call_id"),
+        name=m.get("name"),
+    )
 
 
 def as_messages(user_input: str | list[protocol.ChatMessage]) -> str | list[Message]:
@@ -42,14 +62,28 @@ _PREFILL_MARK = "\x00PREFILL\x00"
 
 @dataclass(frozen=True)
 class Rendering:
-    """How a turn is rendered: template variables, and text after the generation prompt."""
+    """How a turn is rendered: template variables, text after the generation prompt, the tools' prompt."""
 
     variables: Mapping[str, Any] = field(default_factory=dict)
     suffix: str = ""
+    system_addition: str = ""
+    """The generic tool prompt, for a template that does not render tools (joins the system prompt)."""
+
+
+def _for_template(loaded: LoadedModel, messages: list[Message], rendering: Rendering) -> list[Message]:
+    native = loaded.tool_family.native
+    out = [template_message(m, native) if m.get("tool_calls") or m["role"] == "tool" else m for m in messages]
+    if rendering.system_addition:
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{rendering.system_addition}"}
+        else:
+            out.insert(0, {"role": "system", "content": rendering.system_addition})
+    return out
 
 
 def render_text(loaded: LoadedModel, messages: list[Message], prefill: str | None = None, rendering: Rendering = Rendering(), add_generation_prompt: bool = True) -> str:
     """The prompt text of `messages`; with a `prefill`, cut where that assistant message's content begins, then the prefill."""
+    messages = _for_template(loaded, messages, rendering)
     try:
         if prefill is None:
             return loaded.formatter.render(messages, add_generation_prompt, rendering.variables) + rendering.suffix

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, cast
 
 import protocol
 from protocol import ErrorCode
@@ -21,8 +20,8 @@ from . import session_file
 from .errors import WorkerError
 from .llama_backend import DecodeAborted, LlamaError
 from .loading import LoadedModel
-from .prompt import conversation_tokens
-from .session import ChatSession, Turn
+from .prompt import as_chat_message, conversation_tokens
+from .session import ChatSession, Message, Turn
 from .session_file import SessionFileError
 from .session_switch import activate, stash_owner
 from .sessions import KvSnapshot
@@ -60,7 +59,10 @@ def save_session(loaded: LoadedModel, request: protocol.SaveSession, should_abor
         layout=ctx.layout,
         n_ctx=ctx.n_ctx,
         system_prompt=turn.system_prompt,
-        history=[session_file.SavedMessage(m["role"], m["content"], m.get("reasoning")) for m in turn.history],
+        history=[
+            session_file.SavedMessage(m["role"], m["content"], m.get("reasoning"), m.get("tool_calls"), m.get("tool_call_id"), m.get("name"))
+            for m in turn.history
+        ],
         tokens=tokens,
         kv_bytes=len(kv),
         kv_sha256=session_file.digest(tokens, kv),
@@ -112,12 +114,14 @@ def restore_session(loaded: LoadedModel, request: protocol.RestoreSession) -> pr
     return protocol.Restored(
         id=request.id,
         session=loaded.session_info(request.session),
-        history=[protocol.ChatMessage(role=cast(Literal["user", "assistant"], m.role), content=m.content, reasoning=m.reasoning) for m in header.history],
+        history=[as_chat_message(_message(m)) for m in header.history],
     )
 
 
-def _message(m: session_file.SavedMessage) -> dict[str, str]:
-    message = {"role": m.role, "content": m.content}
-    if m.reasoning:
-        message["reasoning"] = m.reasoning
+def _message(m: session_file.SavedMessage) -> Message:
+    message: Message = {"role": m.role, "content": m.content}
+    for key in ("reasoning", "tool_calls", "tool_call_id", "name"):
+        value = getattr(m, key)
+        if value:
+            message[key] = value
     return message

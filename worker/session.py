@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import WorkerError
+from .tool_calls import check_tool_messages
 
-Message = dict[str, str]
+Message = dict[str, Any]
+"""role, content; and where present reasoning, tool_calls (id, name, arguments), tool_call_id, name."""
 
 
 @dataclass
@@ -56,17 +59,24 @@ class ChatSession:
         for i, m in enumerate(messages):
             if m["role"] == "system":
                 raise WorkerError.invalid(f"input[{i}]: a system message may only come first")
-        prefill = messages.pop()["content"] if messages and messages[-1]["role"] == "assistant" else None
-        if not messages or messages[-1]["role"] != "user":
-            raise WorkerError.invalid("input: the last message must have role 'user' (or 'assistant' after a user message, to continue it)")
+        prefill = None
+        if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
+            prefill = messages.pop()["content"]
+        if not messages or messages[-1]["role"] not in ("user", "tool"):
+            raise WorkerError.invalid(
+                "input: the last message must have role 'user' or 'tool' (or 'assistant' after one of those, to continue it)"
+            )
+        check_tool_messages(messages)
         return Turn(system, messages, prefill=prefill)
 
-    def commit(self, turn: Turn, reply: str, reasoning: str | None = None) -> None:
-        """The turn joins the history with its reply (after the prefill, if any) and, if kept, its thoughts."""
+    def commit(self, turn: Turn, reply: str, reasoning: str | None = None, tool_calls: list[dict[str, Any]] | None = None) -> None:
+        """The turn joins the history with its reply (after the prefill, if any), its calls and, if kept, its thoughts."""
         self.system_prompt = turn.system_prompt
-        message = {"role": "assistant", "content": (turn.prefill or "") + reply}
+        message: Message = {"role": "assistant", "content": (turn.prefill or "") + reply}
         if reasoning:
             message["reasoning"] = reasoning
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         self.history = [*turn.history, message]
 
 

@@ -22,6 +22,7 @@ import os
 import stat
 import struct
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -45,6 +46,9 @@ class SavedMessage(msgspec.Struct, omit_defaults=True):
     content: str
     reasoning: str | None = None
     """Kept thoughts (files written before reasoning support have none)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class Header(msgspec.Struct, kw_only=True):

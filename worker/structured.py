@@ -47,8 +47,8 @@ class StructuredOutputError(Exception):
     """The response format cannot be turned into a grammar."""
 
 
-def grammar_for(kind: str, schema: dict[str, Any] | None) -> str:
-    """The GBNF grammar (root rule "root") for a response format."""
+def grammar_for(kind: str, schema: dict[str, Any] | None, prop_order: tuple[str, ...] = ()) -> str:
+    """The GBNF grammar (root rule "root") for a response format (`prop_order`: properties that come first)."""
     if kind == "json":
         if schema is not None:
             raise StructuredOutputError("response_format.schema: only with type 'json_schema'")
@@ -61,16 +61,16 @@ def grammar_for(kind: str, schema: dict[str, Any] | None) -> str:
         raise StructuredOutputError("response_format.schema: nested too deeply") from None
     if len(canonical) > MAX_SCHEMA_BYTES:
         raise StructuredOutputError(f"response_format.schema: larger than {MAX_SCHEMA_BYTES} bytes")
-    return _schema_grammar(canonical)
+    return _schema_grammar(canonical, prop_order)
 
 
 @functools.lru_cache(maxsize=64)
-def _schema_grammar(canonical: str) -> str:
+def _schema_grammar(canonical: str, prop_order: tuple[str, ...] = ()) -> str:
     schema = json.loads(canonical)
     try:
         inliner = _Inliner(schema)
         inlined = inliner.schema(schema, ())
-        grammar: str = json_schema_to_gbnf(json.dumps(inlined))
+        grammar: str = json_schema_to_gbnf(json.dumps(inlined), list(prop_order) or None)
     except StructuredOutputError:
         raise
     except RecursionError:
