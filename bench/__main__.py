@@ -27,7 +27,7 @@ from host import AsyncClient
 from worker import llama_backend as B
 from worker.model_locator import default_model_path
 
-from . import baselines, sessions
+from . import baselines, sessions, tools
 
 ROOT = Path(__file__).resolve().parent
 STORY = "Write a long, detailed story about a lighthouse keeper and a storm. Keep going for many paragraphs."
@@ -397,6 +397,8 @@ def table(results: dict[str, Any]) -> str:
     rows = _core_rows(results)
     if "sessions" in results:
         rows += sessions.rows(results["sessions"])
+    if "tools" in results:
+        rows += tools.rows(results["tools"])
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"| {name.ljust(width)} | {value} |" for name, value in rows)
 
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, numbers mean nothing")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "latest.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "plot.png")
-    parser.add_argument("--only", action="append", help="run only this step (repeatable): decode, prompt_reuse, cold_start, prefill, abort_control, full_context, codec, memory, sessions")
+    parser.add_argument("--only", action="append", help="run only this step (repeatable): decode, prompt_reuse, cold_start, prefill, abort_control, full_context, codec, memory, sessions, tools")
     args = parser.parse_args(argv)
     q = args.quick
     results: dict[str, Any] = {"machine": {"cores": B.usable_cores(), "cpu_amx": B.cpu_has_amx(), "llama_cpp_python": B.LIBRARY_VERSION}, "quick": q}
@@ -420,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         ("codec", lambda: bench_codec(frames=2000 if q else 200_000)),
         ("memory", bench_memory),
         ("sessions", lambda: sessions.run_all(q)),
+        ("tools", lambda: tools.run_all(q)),
     ]
     if args.only:
         steps = [(name, fn) for name, fn in steps if name in args.only]

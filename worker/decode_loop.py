@@ -40,7 +40,7 @@ class Decoded:
     ttft_ms: float
     """From `started_at` to the first emitted text."""
     decode_s: float
-    """From the first emitted text to the end."""
+    """From the first sampled token to the end (a reply of tool calls emits no text, yet has a rate)."""
     reasoning: str = ""
     reasoning_tokens: int = 0
     tool_calls: list[protocol.ToolCall] | None = None
@@ -140,6 +140,7 @@ def decode(
     """Generate up to `max_tokens` tokens (and at most `budget`, the room left in the context)."""
     out = _Output(emit, stops, started_at, calling)
     n_gen = n_reasoning = written = 0
+    t_token0 = 0.0
     reason = "max_tokens"
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
     splitter = thinking.splitter if thinking is not None else None
@@ -192,6 +193,8 @@ def decode(
             reason = "eos"
             break
         n_gen += 1
+        if n_gen == 1:
+            t_token0 = time.perf_counter()
         was_thinking = splitter is not None and splitter.in_thought
         stopped = through(utf8.decode(specials.get(token) or piece(token)))
         if was_thinking or (splitter is not None and splitter.in_thought):
@@ -215,7 +218,7 @@ def decode(
         for kind, part in rest:
             out.segment(kind, part)
         out.flush_answer()
-    decode_s = time.perf_counter() - out.t_first if out.t_first else 0.0
+    decode_s = time.perf_counter() - t_token0 if n_gen else 0.0
     calls = calling.parser.calls if calling is not None and calling.parser.calls else None
     if calls and reason in ("eos", "stop_sequence"):
         reason = "tool_calls"
