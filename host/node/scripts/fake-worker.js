@@ -23,7 +23,13 @@
 //   small-limit   announce `ready.max_frame_size` 5000
 //
 // `generate` streams the input's words as chunks (input "hang" streams nothing
-// and waits for an abort); `load`, `preload` and `save_session` with the path
+// and waits for an abort). With `reasoning` (not `enabled: false`) it thinks
+// first: a thought chunk for each word in upper case (at most
+// `budget_tokens`), then the answer; `done.reasoning` and
+// `usage.reasoning_tokens` (the thought chunks plus one end marker) say so.
+// Input "ponder" with `reasoning` thinks "pondering" and then waits, thinking,
+// for `end_reasoning` (then answers "the answer") or an abort. `end_reasoning`
+// answers `ok` while a generation thinks, else `not_reasoning`; `load`, `preload` and `save_session` with the path
 // or input "hang" wait for an abort too. `ready.worker_version` reports the
 // LLAMA_WORKER_PARENT_PID it was given and `ready.fake_init` the `init`
 // received; each `done.usage.prompt_tokens` is the input's length (so large
@@ -82,15 +88,17 @@ function generate(msg) {
     return;
   }
   const input = typeof msg.input === 'string' ? msg.input : JSON.stringify(msg.input);
-  const state = { text: '', count: 0, timer: null };
+  const thinks = msg.reasoning != null && msg.reasoning.enabled !== false;
+  const state = { text: '', count: 0, timer: null, thinking: thinks, thought: null, thoughtCount: 0, words: [], step: null };
   const job = startJob(msg.id, (aborted) => {
     clearTimeout(state.timer);
     const done = {
       type: 'done',
       id: msg.id,
       text: state.text,
+      reasoning: state.thought,
       stop_reason: aborted ? 'aborted' : 'eos',
-      usage: { prompt_tokens: input.length, cached_tokens: 0, completion_tokens: state.count },
+      usage: { prompt_tokens: input.length, cached_tokens: 0, completion_tokens: state.count, reasoning_tokens: state.thoughtCount },
       timings: { ttft_ms: 0, total_ms: 0, tokens_per_second: 0, prompt_ms: 0 },
       truncated_messages: 0,
       seed: null,
@@ -102,13 +110,36 @@ function generate(msg) {
     }
   });
   if (!job || input === 'hang') return;
+  job.state = state;
   if (flags.has('invalid-reply') && input === 'bad chunk') {
     send({ type: 'chunk', id: msg.id, text: 42 });
     return; // and wait for the abort
   }
-  const words = input.length > 1000 ? ['long'] : input.split(/(?<= )/);
+  if (flags.has('invalid-reply') && input === 'bad reasoning') {
+    send({ type: 'chunk', id: msg.id, text: '', reasoning: 42 });
+    return; // and wait for the abort
+  }
+  const pondering = thinks && input === 'ponder';
+  const words = pondering ? ['the ', 'answer'] : input.length > 1000 ? ['long'] : input.split(/(?<= )/);
+  let thoughts = pondering ? ['pondering'] : thinks ? words.map((w) => w.toUpperCase()) : [];
+  const budget = msg.reasoning?.budget_tokens;
+  if (thinks && budget != null) thoughts = thoughts.slice(0, budget);
+  const think = (piece) => {
+    state.thought = (state.thought ?? '') + piece;
+    state.thoughtCount += 1;
+    state.count += 1;
+    send({ type: 'chunk', id: msg.id, text: '', reasoning: piece });
+  };
   const step = () => {
     if (running !== job) return;
+    if (state.thinking) {
+      const piece = thoughts.shift();
+      if (piece !== undefined) think(piece);
+      if (thoughts.length === 0 && pondering) return; // thinks on until end_reasoning
+      if (thoughts.length === 0) endThought();
+      state.timer = setTimeout(step, 1);
+      return;
+    }
     const word = words.shift();
     if (word === undefined) {
       endJob(false);
@@ -117,6 +148,16 @@ function generate(msg) {
     state.text += word;
     state.count += 1;
     send({ type: 'chunk', id: msg.id, text: word });
+    state.timer = setTimeout(step, 1);
+  };
+  const endThought = () => {
+    state.thinking = false;
+    state.thoughtCount += 1; // the end-of-thought marker
+    state.count += 1;
+  };
+  state.endThought = () => {
+    endThought();
+    clearTimeout(state.timer);
     state.timer = setTimeout(step, 1);
   };
   step();
@@ -196,6 +237,14 @@ function handle(msg) {
     case 'count':
       if (flags.has('invalid-reply')) send({ type: 'pong', id: msg.id });
       else send({ type: 'token_count', id: msg.id, session: msg.session ?? 'default', tokens: 1, n_ctx: 64 });
+      return;
+    case 'end_reasoning':
+      if (running?.state?.thinking && (msg.target == null || msg.target === running.id)) {
+        send({ type: 'ok', id: msg.id });
+        running.state.endThought();
+      } else {
+        error(msg.id, 'not_reasoning', 'fake: the target is not thinking');
+      }
       return;
     case 'abort':
       if (running && (msg.target == null || msg.target === running.id)) endJob(true);

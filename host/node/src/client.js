@@ -14,7 +14,7 @@
 // The same design as host/client.py.
 
 /**
- * @import { ClientOptions, CallOptions, LoadCallOptions, ChatCallOptions, LoadOptions, GenerateOptions, GenerateInput, ResetOptions, PreloadOptions, TokenizeOptions, DetokenizeOptions, CountOptions } from './index.js'
+ * @import { ClientOptions, CallOptions, LoadCallOptions, GenerateCallOptions, ChatCallOptions, LoadOptions, GenerateOptions, GenerateInput, ResetOptions, PreloadOptions, TokenizeOptions, DetokenizeOptions, CountOptions } from './index.js'
  * @import { Chunk, Done, Loaded, Log, ModelInfo, Preloaded, Ready, Restored, Saved, SessionList, TokenCount } from './protocol.js'
  * @import { ExitInfo } from './process.js'
  */
@@ -35,6 +35,7 @@ import {
   PRELOAD_FIELDS,
   RESET_FIELDS,
   TOKENIZE_FIELDS,
+  toReasoning,
   toResponseFormat,
   toWireFields,
   toWireInput,
@@ -44,6 +45,9 @@ import { DEFAULT_SESSION, Session } from './session.js';
 
 /** @type {1} */
 export const PROTOCOL_VERSION = 1;
+
+/** The chunk callbacks of generate()'s and chat()'s call options. */
+const CHUNK_CALLBACKS = /** @type {const} */ (['onChunk', 'onReasoningChunk', 'onResponseChunk']);
 
 /**
  * The key of the client's dispose method: Symbol.asyncDispose (Node.js 18.18
@@ -467,40 +471,50 @@ export class LlamaWorkerClient extends EventEmitter {
    * `options.responseFormat` constrains the reply to JSON: "json" (any JSON
    * object), a JSON Schema object, or the wire's {type, schema}; `done.incomplete`
    * then says whether the reply stopped before its JSON was complete.
+   * `options.reasoning` steers a reasoning model's thought ({enabled,
+   * budgetTokens, effort, keepInHistory}, or a boolean for `enabled`).
+   *
+   * The iteration yields answer text only; a reasoning model's thought goes
+   * to `stream.reasoning` and the call options `onReasoningChunk(text)` and
+   * `onResponseChunk({type: "reasoning" | "text", text})` (every chunk, in
+   * order); `onChunk(text)` gets the answer chunks. They run as chunks
+   * arrive, whether or not the stream is iterated; what they throw goes to
+   * 'callbackError'. `stream.endReasoning()` ends the thought early.
    * @param {GenerateInput} input
    * @param {GenerateOptions} [options]
-   * @param {CallOptions} [callOpts]
+   * @param {GenerateCallOptions} [callOpts]
    * @returns {Generation}
    */
   generate(input, options = {}, callOpts = {}) {
     const fields = toWireFields(options, GENERATE_FIELDS, 'generate');
-    const { signal, timeout } = callOptions(callOpts, 'generate');
+    const { signal, timeout, onChunk, onReasoningChunk, onResponseChunk } = callOptions(callOpts, 'generate', CHUNK_CALLBACKS);
     if (typeof fields.stop === 'string') fields.stop = [fields.stop];
     if (fields.response_format !== undefined) fields.response_format = toResponseFormat(fields.response_format);
+    if (fields.reasoning !== undefined) fields.reasoning = toReasoning(fields.reasoning);
     const message = /** @type {Omit<import('./protocol.js').Generate, 'id'>} */ ({ type: 'generate', input: toWireInput(input), ...fields });
     const send = { signal, timeout: this.#core.timeoutFor(timeout, false) };
     return new Generation(message, {
       send: (onChunk) => this.#core.send(message, { ...send, onEvent: (msg) => onChunk(/** @type {Chunk} */ (msg)) }),
       abort: (id) => this.abort(id),
+      endReasoning: (id, opts) => this.endReasoning(id, opts),
       abortTimeout: this.#options.abortTimeout,
+      callbacks: { onChunk, onReasoningChunk, onResponseChunk },
+      guard: (callback, fn, args) => this.#guard(callback, fn, args),
     });
   }
 
   /**
-   * One turn, resolving with the final result; chunks go to `onChunk` if given
-   * (what it throws is reported through 'callbackError'; the turn goes on).
+   * One turn, resolving with the final result; answer chunks go to `onChunk`,
+   * thought chunks to `onReasoningChunk`, both to `onResponseChunk`, if given
+   * (what they throw is reported through 'callbackError'; the turn goes on).
    * @param {GenerateInput} input
    * @param {GenerateOptions} [options]
    * @param {ChatCallOptions} [callOpts]
    * @returns {Promise<Done>}
    */
   async chat(input, options = {}, callOpts = {}) {
-    const { onChunk, ...rest } = callOptions(callOpts, 'chat', ['onChunk']);
-    const stream = this.generate(input, options, rest);
-    for await (const text of stream) {
-      if (onChunk) this.#guard('onChunk', onChunk, [text]);
-    }
-    return /** @type {Done} */ (stream.result);
+    callOptions(callOpts, 'chat', CHUNK_CALLBACKS); // checked here, to name chat() in its TypeError
+    return this.generate(input, options, callOpts).final();
   }
 
   /**
@@ -544,6 +558,25 @@ export class LlamaWorkerClient extends EventEmitter {
     } catch (err) {
       if (!(err instanceof WorkerCrashedError || err instanceof ClientClosedError)) throw err;
     }
+  }
+
+  /**
+   * End the thought of `target` (a generate's request id), or of whatever
+   * runs when omitted: the worker closes it with the model's own
+   * end-of-thought marker and the model goes on to answer. Answered at once.
+   * Resolves on the worker's `ok`; rejects with NotReasoningError when the
+   * target is not thinking (not running, not a generate, never thought, or
+   * answering already: a race with the model closing its own thought is
+   * harmless). A Generation has `endReasoning()` for itself.
+   * @param {number | string | null} [target]
+   * @param {CallOptions} [options]
+   * @returns {Promise<void>}
+   */
+  async endReasoning(target = null, options = {}) {
+    if (target !== null && typeof target !== 'number' && typeof target !== 'string') {
+      throw new TypeError('endReasoning() takes a request id (or nothing: whatever runs)');
+    }
+    await this.#core.call({ type: 'end_reasoning', target }, this.#control(callOptions(options, 'endReasoning')));
   }
 
   /**

@@ -25,7 +25,7 @@ import { MAX_TIMER_MS } from './wait.js';
 /**
  * The terminal reply of each request type (besides `error`).
  * @typedef {{
- *   init: Ready, load: Loaded, generate: Done, ping: Pong, abort: Ok, reset: Ok, cleanup: Ok, close_session: Ok,
+ *   init: Ready, load: Loaded, generate: Done, ping: Pong, abort: Ok, end_reasoning: Ok, reset: Ok, cleanup: Ok, close_session: Ok,
  *   sessions: SessionList, preload: Preloaded, save_session: Saved, restore_session: Restored,
  *   tokenize: Tokens, detokenize: Text, count: TokenCount,
  * }} Replies
@@ -48,21 +48,25 @@ const EVENT_TYPES = new Set(['chunk', 'progress']);
  * @type {{ readonly [T in RequestType]: Replies[T]['type'] }}
  */
 const REPLY_TYPE = {
-  init: 'ready', load: 'loaded', generate: 'done', ping: 'pong', abort: 'ok', reset: 'ok', cleanup: 'ok', close_session: 'ok',
+  init: 'ready', load: 'loaded', generate: 'done', ping: 'pong', abort: 'ok', end_reasoning: 'ok', reset: 'ok', cleanup: 'ok', close_session: 'ok',
   sessions: 'session_list', preload: 'preloaded', save_session: 'saved', restore_session: 'restored',
   tokenize: 'tokens', detokenize: 'text', count: 'token_count',
 };
 /** @type {Readonly<Record<string, 'progress' | 'chunk'>>} the event type of the two requests that have one */
 const EVENT_OF = { load: 'progress', generate: 'chunk' };
-/** @type {Readonly<Record<string, [field: string, check: (value: unknown) => boolean]>>} the field of a message this client relies on, and its check */
+/** @param {unknown} v */
+const optionalString = (v) => v === undefined || typeof v === 'string';
+/** @param {unknown} v */
+const optionalStringOrNull = (v) => v === undefined || v === null || typeof v === 'string';
+/** @type {Readonly<Record<string, Array<[field: string, check: (value: unknown) => boolean]>>>} the fields of a message this client relies on, and their checks */
 const SHAPE = {
-  chunk: ['text', (v) => typeof v === 'string'],
-  progress: ['fraction', (v) => typeof v === 'number'],
-  done: ['text', (v) => typeof v === 'string'],
-  text: ['text', (v) => typeof v === 'string'],
-  tokens: ['ids', Array.isArray],
-  loaded: ['model', (v) => v !== null && typeof v === 'object'],
-  ready: ['protocol_version', Number.isInteger],
+  chunk: [['text', (v) => typeof v === 'string'], ['reasoning', optionalString]],
+  progress: [['fraction', (v) => typeof v === 'number']],
+  done: [['text', (v) => typeof v === 'string'], ['reasoning', optionalStringOrNull]],
+  text: [['text', (v) => typeof v === 'string']],
+  tokens: [['ids', Array.isArray]],
+  loaded: [['model', (v) => v !== null && typeof v === 'object']],
+  ready: [['protocol_version', Number.isInteger]],
 };
 /** Requests that start work on the worker's model thread: cancelling one aborts it there. */
 const JOB_TYPES = new Set(['load', 'generate', 'preload', 'reset', 'close_session', 'save_session', 'restore_session']);
@@ -79,14 +83,14 @@ const LOST_REQUEST_CODES = new Set(['bad_frame', 'invalid_request', 'unknown_typ
  * @template {string} [C=never]
  * @param {unknown} options
  * @param {string} what the method, for messages
- * @param {C[]} [callbacks]
+ * @param {readonly C[]} [callbacks]
  * @returns {CheckedCallOptions<C>}
  */
 export function callOptions(options, what, callbacks = []) {
   if (options == null) return {};
   if (typeof options !== 'object' || Array.isArray(options)) throw new TypeError(`${what}: call options must be an object`);
   const given = /** @type {Record<string, unknown>} */ (options);
-  /** @type {string[]} */
+  /** @type {readonly string[]} */
   const known = ['signal', 'timeout', ...callbacks];
   for (const key of Object.keys(given)) {
     if (!known.includes(key)) throw new TypeError(`${what}: unknown call option ${JSON.stringify(key)} (known: ${known.join(', ')})`);
@@ -464,7 +468,8 @@ function replyProblem(requestType, msg) {
   if (msg.type === 'error') return typeof msg.code === 'string' ? null : 'an error without a string code';
   const expected = EVENT_TYPES.has(msg.type) ? EVENT_OF[requestType] : REPLY_TYPE[/** @type {RequestType} */ (requestType)];
   if (msg.type !== expected) return `a ${msg.type} message`;
-  const shape = SHAPE[msg.type];
-  if (shape !== undefined && !shape[1](msg[shape[0]])) return `a ${msg.type} message without a valid ${shape[0]}`;
+  for (const [field, check] of SHAPE[msg.type] ?? []) {
+    if (!check(msg[field])) return `a ${msg.type} message without a valid ${field}`;
+  }
   return null;
 }

@@ -43,6 +43,15 @@ export class ProtocolMismatchError extends BadRequestError {
   static defaultCode = 'protocol_mismatch';
 }
 
+/**
+ * `end_reasoning` found no thought to end: the generation is answering
+ * already, never thought, or has finished (not running). Harmless in a race
+ * with the model closing its own thought. Not retryable.
+ */
+export class NotReasoningError extends BadRequestError {
+  static defaultCode = 'not_reasoning';
+}
+
 /** Another generate/load/reset (or a cleanup) is running: retry when it ends, or abort it. */
 export class BusyError extends LlamaWorkerError {
   static defaultCode = 'busy';
@@ -193,6 +202,7 @@ export const BY_CODE = Object.freeze({
   session_mismatch: SessionFileError,
   bad_session_file: SessionFileError,
   reply_too_large: ReplyTooLargeError,
+  not_reasoning: NotReasoningError,
 });
 
 /**

@@ -1,33 +1,49 @@
-// Generation: one streamed `generate` as an async iterator of text chunks.
+// Generation: one streamed `generate` as an async iterator of answer chunks.
 //
 // It turns the request core's callbacks (a `chunk` event each, then the
 // terminal `done` or an error) into the pull-based protocol of `for await`:
-// chunks wait in a queue until next() takes them, an early exit from the loop
-// (return()) aborts the generation and waits, bounded, for the worker to end
-// it. It does not know the client: the client hands it a `send` function
-// (which starts the request) and an `abort` function.
+// answer chunks wait in a queue until next() takes them, an early exit from
+// the loop (return()) aborts the generation and waits, bounded, for the worker
+// to end it. Thought chunks of a reasoning model (`chunk.reasoning`) never
+// enter the queue: they go to `reasoning` and the callbacks (onReasoningChunk,
+// onResponseChunk), which run in the client's guard as they arrive. It does
+// not know the client: the client hands it a `send` function (which starts the
+// request), an `abort` and an `endReasoning` function, and its guard.
 
-/** @import { Done, Generate } from './protocol.js' */
+/**
+ * @import { Chunk, Done, Generate } from './protocol.js'
+ * @import { CallOptions, ResponseChunk } from './index.js'
+ */
 
+import { NotReasoningError } from './errors.js';
 import { settlesWithin } from './wait.js';
 
 /**
  * What a Generation needs from the client.
  * @typedef {object} GenerationStart
- * @property {(onChunk: (msg: { text: string }) => void) => { id: number, reply: Promise<Done> }} send  start the request (throws when it cannot be sent)
+ * @property {(onChunk: (msg: Pick<Chunk, 'text' | 'reasoning'>) => void) => { id: number, reply: Promise<Done> }} send  start the request (throws when it cannot be sent)
  * @property {(id: number) => Promise<void>} abort  send `abort` for it
+ * @property {(id: number, options: CallOptions) => Promise<void>} endReasoning  send `end_reasoning` for it
  * @property {number} abortTimeout  how long return() waits for the worker to end it
+ * @property {{ onChunk?: Function, onReasoningChunk?: Function, onResponseChunk?: Function }} callbacks  the user's chunk callbacks (checked: functions or undefined)
+ * @property {(callback: string, fn: Function, args: unknown[]) => void} guard  runs a user callback (what it throws goes to 'callbackError')
  */
 
 /**
- * An in-flight generation: an async iterator of text chunks (one `chunk`
- * frame each; the worker may merge several tokens into one), ending with the
- * final result (`done`).
+ * An in-flight generation: an async iterator of answer text chunks (one
+ * `chunk` frame each; the worker may merge several tokens into one), ending
+ * with the final result (`done`). A reasoning model's thoughts are not
+ * iterated: `reasoning`, `onReasoningChunk` and `onResponseChunk` have them.
  * @implements {AsyncIterableIterator<string, undefined>}
  */
 export class Generation {
   #abort;
+  #endReasoning;
   #abortTimeout;
+  #callbacks;
+  #guard;
+  /** the thought text so far */
+  #reasoning = '';
   /** @type {string[]} chunks received but not yet taken by next() */
   #queue = [];
   /** @type {Array<{ resolve: (result: IteratorResult<string, undefined>) => void, reject: (error: unknown) => void }>} */
@@ -47,9 +63,12 @@ export class Generation {
    * @param {Omit<Generate, 'id'>} message the request (wire names), without its id
    * @param {GenerationStart} start
    */
-  constructor(message, { send, abort, abortTimeout }) {
+  constructor(message, { send, abort, endReasoning, abortTimeout, callbacks, guard }) {
     this.#abort = abort;
+    this.#endReasoning = endReasoning;
     this.#abortTimeout = abortTimeout;
+    this.#callbacks = callbacks;
+    this.#guard = guard;
     this.#settled = new Promise((resolve) => {
       this.#resolveSettled = resolve;
     });
@@ -63,7 +82,7 @@ export class Generation {
      * @type {number | null}
      */
     this.id = null;
-    /** The text received so far (all chunks, whether or not iterated). */
+    /** The answer text received so far (all answer chunks, whether or not iterated; no thoughts). */
     this.text = '';
     try {
       const { id, reply } = send((msg) => this.#onChunk(msg));
@@ -93,14 +112,34 @@ export class Generation {
     return this.#result !== null || this.#error !== null;
   }
 
-  /** @param {{ text: string }} msg */
+  /** The thought text received so far (a reasoning model's); "" when none came (yet). */
+  get reasoning() {
+    return this.#reasoning;
+  }
+
+  /**
+   * A `chunk`: thought text goes to `reasoning` and the callbacks, answer text
+   * to `text`, the callbacks and the iteration. Neither is ever empty there.
+   * @param {Pick<Chunk, 'text' | 'reasoning'>} msg
+   */
   #onChunk(msg) {
     if (this.finished) return;
-    this.text += msg.text;
+    const { onChunk, onReasoningChunk, onResponseChunk } = this.#callbacks;
+    const thought = msg.reasoning ?? '';
+    if (thought !== '') {
+      this.#reasoning += thought;
+      if (onReasoningChunk) this.#guard('onReasoningChunk', onReasoningChunk, [thought]);
+      if (onResponseChunk) this.#guard('onResponseChunk', onResponseChunk, [/** @type {ResponseChunk} */ ({ type: 'reasoning', text: thought })]);
+    }
+    const text = msg.text;
+    if (text === '') return;
+    this.text += text;
+    if (onChunk) this.#guard('onChunk', onChunk, [text]);
+    if (onResponseChunk) this.#guard('onResponseChunk', onResponseChunk, [/** @type {ResponseChunk} */ ({ type: 'text', text })]);
     if (this.#draining) return;
     const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve({ value: msg.text, done: false });
-    else this.#queue.push(msg.text);
+    if (waiter) waiter.resolve({ value: text, done: false });
+    else this.#queue.push(text);
   }
 
   /**
@@ -167,6 +206,24 @@ export class Generation {
   }
 
   /**
+   * End the thought now (`end_reasoning` for this generation): the worker
+   * closes it with the model's own end-of-thought marker and the model goes on
+   * to answer. Resolves on the worker's `ok`; rejects with NotReasoningError
+   * when there is no thought to end (answering already, never thought, or
+   * finished: a race with the model closing its own thought is harmless).
+   * `options`: {signal, timeout} as for any control call.
+   * @param {CallOptions} [options]
+   * @returns {Promise<void>}
+   */
+  endReasoning(options = {}) {
+    if (this.id === null || this.finished) {
+      const which = this.id === null ? 'was never sent' : `(request ${this.id}) has ended`;
+      return Promise.reject(new NotReasoningError(`the generation ${which}: no thought to end`, { requestId: this.id }));
+    }
+    return this.#endReasoning(this.id, options);
+  }
+
+  /**
    * Stop the generation; resolves with its (partial) result, stop_reason "aborted" unless it had already ended.
    * @returns {Promise<Done>}
    */
@@ -175,3 +232,4 @@ export class Generation {
     return this.final();
   }
 }
+

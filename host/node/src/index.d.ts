@@ -17,6 +17,7 @@ import type {
   Preload,
   Preloaded,
   Ready,
+  Reasoning,
   Reset,
   ResponseFormat,
   Restored,
@@ -124,11 +125,29 @@ export interface LoadCallOptions extends CallOptions {
   onProgress?: (fraction: number) => unknown;
 }
 
-/** chat()'s and chatJson()'s call options. */
-export interface ChatCallOptions extends CallOptions {
-  /** Each chunk of text (what it throws goes to 'callbackError'; the turn goes on). */
-  onChunk?: (text: string) => unknown;
+/** One piece of a reply for `onResponseChunk`: answer text, or a reasoning model's thought. */
+export interface ResponseChunk {
+  /** "text": the answer; "reasoning": the thought (never shown by the iteration or `onChunk`). */
+  type: 'text' | 'reasoning';
+  /** Never empty. */
+  text: string;
 }
+
+/**
+ * generate()'s call options: the chunk callbacks run as chunks arrive, whether or not the
+ * stream is iterated (what they throw goes to 'callbackError'; the generation goes on).
+ */
+export interface GenerateCallOptions extends CallOptions {
+  /** Each chunk of answer text (never a thought, never empty). */
+  onChunk?: (text: string) => unknown;
+  /** Each chunk of a reasoning model's thought. */
+  onReasoningChunk?: (text: string) => unknown;
+  /** Every chunk, answer and thought, in order, tagged by its kind. */
+  onResponseChunk?: (chunk: ResponseChunk) => unknown;
+}
+
+/** chat()'s and chatJson()'s call options: the same as generate()'s. */
+export interface ChatCallOptions extends GenerateCallOptions {}
 
 /** The user code that threw: a callback option, or the event whose listener it was. */
 export type CallbackName =
@@ -136,6 +155,8 @@ export type CallbackName =
   | 'onStderr'
   | 'onProgress'
   | 'onChunk'
+  | 'onReasoningChunk'
+  | 'onResponseChunk'
   | 'log'
   | 'stderr'
   | 'exit'
@@ -184,6 +205,29 @@ export type JsonSchema = Record<string, unknown>;
  */
 export type ResponseFormatInput = ResponseFormat | null | 'json' | JsonSchema;
 
+/**
+ * generate()'s `reasoning` as an object: the fields of the wire's Reasoning, camelCase names or
+ * wire names. Unknown fields and values outside the schema throw a TypeError.
+ */
+export interface ReasoningOptions {
+  /** null: the model's default; false: no thought; true: a thought is opened where the template does not open one. */
+  enabled?: Reasoning['enabled'];
+  /** At most this many thought tokens (an integer >= 0; 0 closes the thought at once), then the model answers. */
+  budgetTokens?: Reasoning['budget_tokens'];
+  /** For templates that take one (gpt-oss's `reasoning_effort`). */
+  effort?: Reasoning['effort'];
+  /** Keep this reply's thought in the session history (`ChatMessage.reasoning`; the template decides whether to show it). */
+  keepInHistory?: Reasoning['keep_in_history'];
+  budget_tokens?: Reasoning['budget_tokens'];
+  keep_in_history?: Reasoning['keep_in_history'];
+}
+
+/**
+ * What generate()'s `reasoning` accepts: ReasoningOptions (the wire's Reasoning among them), a
+ * boolean (`{enabled}`), or null (the model's own default). Ignored by models that do not reason.
+ */
+export type ReasoningInput = ReasoningOptions | boolean | null;
+
 /** generate() options: camelCase names or the wire names (snake_case). Unknown names throw a TypeError. */
 export interface GenerateOptions {
   /** Upper bound on completion tokens (worker default 512). */
@@ -205,6 +249,12 @@ export interface GenerateOptions {
    * stopped before its JSON was complete.
    */
   responseFormat?: Generate['response_format'] | ResponseFormatInput;
+  /**
+   * A reasoning model's thought: {enabled, budgetTokens, effort, keepInHistory} (or the wire
+   * names), or a boolean for `enabled`. The thought streams apart from the answer
+   * (`onReasoningChunk`, `Generation.reasoning`, `done.reasoning`).
+   */
+  reasoning?: Generate['reasoning'] | ReasoningInput;
   max_tokens?: Generate['max_tokens'];
   top_p?: Generate['top_p'];
   top_k?: Generate['top_k'];
@@ -251,8 +301,11 @@ export interface CountOptions {
   session?: Count['session'];
 }
 
-/** A chat message as accepted by generate() (extra properties are dropped). */
-export type MessageInput = Pick<ChatMessage, 'role' | 'content'>;
+/**
+ * A chat message as accepted by generate() (other properties are dropped): `reasoning` is an
+ * assistant turn's thought. The last message may be an assistant one: the reply continues it.
+ */
+export type MessageInput = Pick<ChatMessage, 'role' | 'content' | 'reasoning'>;
 /** generate() input: the next user turn (or the text to continue in completion mode), or a whole conversation. */
 export type GenerateInput = string | readonly MessageInput[];
 
@@ -313,10 +366,11 @@ export declare class LlamaWorkerClient extends EventEmitter implements AsyncDisp
   /** Load a model; resolves with its info. No timeout unless given; loadStallTimeout applies. */
   load(options?: LoadOptions, callOptions?: LoadCallOptions): Promise<ModelInfo>;
   /**
-   * Start a generation: an async iterator of text chunks. The final result is
-   * `stream.result` after the loop, or `await stream.final()`.
+   * Start a generation: an async iterator of answer text chunks (a reasoning model's thought goes
+   * to `stream.reasoning` and the `onReasoningChunk` / `onResponseChunk` callbacks). The final
+   * result is `stream.result` after the loop, or `await stream.final()`.
    */
-  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: CallOptions): Generation;
+  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: GenerateCallOptions): Generation;
   /** One turn, resolving with the final result. */
   chat(input: GenerateInput, options?: GenerateOptions, callOptions?: ChatCallOptions): Promise<Done>;
   /**
@@ -337,6 +391,11 @@ export declare class LlamaWorkerClient extends EventEmitter implements AsyncDisp
   countTokens(input?: GenerateInput | null, options?: CountOptions, callOptions?: CallOptions): Promise<TokenCount>;
   /** Stop a request by id, or whatever job runs. Resolves on the worker's `ok`; a no-op once the worker is gone. */
   abort(target?: number | string | null, callOptions?: CallOptions): Promise<void>;
+  /**
+   * End the thought of a generation (`target`: its request id; omitted: whatever runs); the model
+   * then answers. Resolves on `ok`; rejects with NotReasoningError when the target is not thinking.
+   */
+  endReasoning(target?: number | string | null, callOptions?: CallOptions): Promise<void>;
   /** Clear a session's chat history (optionally replacing its system prompt); the "default" session unless `session` says. */
   reset(options?: string | null | ResetOptions, callOptions?: CallOptions): Promise<void>;
   /** Abort what runs and free the model; the worker stays up. */
@@ -378,7 +437,7 @@ export declare class Session {
   private constructor();
   readonly client: LlamaWorkerClient;
   readonly name: string;
-  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: CallOptions): Generation;
+  generate(input: GenerateInput, options?: GenerateOptions, callOptions?: GenerateCallOptions): Generation;
   chat(input: GenerateInput, options?: GenerateOptions, callOptions?: ChatCallOptions): Promise<Done>;
   chatJson<T = unknown>(input: GenerateInput, options?: GenerateOptions, callOptions?: ChatCallOptions): Promise<T>;
   /** client.countTokens() in this session. */
@@ -393,15 +452,17 @@ export declare class Session {
   info(callOptions?: CallOptions): Promise<SessionInfo>;
 }
 
-/** An in-flight generation: iterate it for text chunks; the final `done` at the end. */
+/** An in-flight generation: iterate it for answer text chunks; the final `done` at the end. */
 export declare class Generation implements AsyncIterableIterator<string> {
   private constructor();
   /** The request id (null when it could not be sent). */
   readonly id: number | null;
   /** The request as sent, wire names. */
   readonly request: Omit<Generate, 'id'> & { id?: number };
-  /** All text received so far. */
+  /** All answer text received so far (no thought). */
   readonly text: string;
+  /** A reasoning model's thought text received so far ("" when none); `result.reasoning` once done. */
+  readonly reasoning: string;
   /** The final result once finished (stop_reason "aborted" after an abort), else null. */
   readonly result: Done | null;
   /** The error that ended the generation, if any. */
@@ -415,6 +476,11 @@ export declare class Generation implements AsyncIterableIterator<string> {
   final(): Promise<Done>;
   /** Abort; resolves with the (partial) result. */
   abort(): Promise<Done>;
+  /**
+   * End the thought now (`end_reasoning`); the model goes on to answer. Resolves on `ok`; rejects
+   * with NotReasoningError when there is none to end (answering already, never thought, finished).
+   */
+  endReasoning(callOptions?: CallOptions): Promise<void>;
 }
 
 // -- errors -------------------------------------------------------------------
@@ -432,6 +498,8 @@ export declare class LlamaWorkerError extends Error {
 export declare class BadRequestError extends LlamaWorkerError {}
 export declare class NotInitializedError extends BadRequestError {}
 export declare class ProtocolMismatchError extends BadRequestError {}
+/** not_reasoning: endReasoning() found no thought to end (answering already, never thought, finished). */
+export declare class NotReasoningError extends BadRequestError {}
 /** busy: retryable. */
 export declare class BusyError extends LlamaWorkerError {}
 export declare class ModelError extends LlamaWorkerError {}
@@ -506,5 +574,9 @@ export declare const PRELOAD_FIELDS: Readonly<Record<string, string>>;
 export declare const TOKENIZE_FIELDS: Readonly<Record<string, string>>;
 export declare const DETOKENIZE_FIELDS: Readonly<Record<string, string>>;
 export declare const COUNT_FIELDS: Readonly<Record<string, string>>;
+/** generate()'s `reasoning` object: camelCase name -> wire field of Reasoning. */
+export declare const REASONING_FIELDS: Readonly<Record<string, string>>;
+/** generate()'s `reasoning` as the wire's Reasoning, checked against the schema (TypeError otherwise). */
+export declare function toReasoning(value: ReasoningInput): Reasoning | null;
 /** generate()'s `responseFormat` as the wire's ResponseFormat (the rules of host/client.py's response_format()). */
 export declare function toResponseFormat(value: ResponseFormatInput): ResponseFormat | null;

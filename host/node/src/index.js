@@ -9,6 +9,7 @@ export {
   BadRequestError,
   NotInitializedError,
   ProtocolMismatchError,
+  NotReasoningError,
   BusyError,
   ModelError,
   NoModelError,
@@ -29,4 +30,4 @@ export {
   errorClassForCode,
 } from './errors.js';
 export { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_SIZE, WORKER_DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE } from './framing.js';
-export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS, PRELOAD_FIELDS, TOKENIZE_FIELDS, DETOKENIZE_FIELDS, COUNT_FIELDS, toResponseFormat } from './options.js';
+export { LOAD_FIELDS, GENERATE_FIELDS, RESET_FIELDS, PRELOAD_FIELDS, TOKENIZE_FIELDS, DETOKENIZE_FIELDS, COUNT_FIELDS, REASONING_FIELDS, toReasoning, toResponseFormat } from './options.js';

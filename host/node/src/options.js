@@ -29,7 +29,19 @@ export const GENERATE_FIELDS = Object.freeze({
   mode: 'mode',
   session: 'session',
   responseFormat: 'response_format',
+  reasoning: 'reasoning',
 });
+
+/** generate()'s `reasoning` object: camelCase name -> wire field of the protocol's Reasoning. */
+export const REASONING_FIELDS = Object.freeze({
+  enabled: 'enabled',
+  budgetTokens: 'budget_tokens',
+  effort: 'effort',
+  keepInHistory: 'keep_in_history',
+});
+
+/** The `reasoning.effort` values of the protocol. */
+const EFFORTS = ['low', 'medium', 'high'];
 
 /** reset(): camelCase option -> wire field of the `reset` message. */
 export const RESET_FIELDS = Object.freeze({
@@ -97,8 +109,9 @@ export function toWireFields(options, table, what) {
 
 /**
  * Normalise a generate input: a string (the next user turn, or the text to
- * continue in completion mode) or a list of {role, content} messages (extra
- * properties are dropped). The roles and contents are the worker's to check.
+ * continue in completion mode) or a list of {role, content, reasoning?}
+ * messages (other properties are dropped; `reasoning`, an assistant turn's
+ * thoughts, only when given). The roles and contents are the worker's to check.
  * @param {unknown} input
  * @returns {string | import('./protocol.js').ChatMessage[]}
  */
@@ -107,8 +120,8 @@ export function toWireInput(input) {
   if (Array.isArray(input)) {
     return input.map((m, i) => {
       if (m === null || typeof m !== 'object') throw new TypeError(`input[${i}] must be a {role, content} object`);
-      const { role, content } = /** @type {import('./protocol.js').ChatMessage} */ (m);
-      return { role, content };
+      const { role, content, reasoning } = /** @type {import('./protocol.js').ChatMessage} */ (m);
+      return reasoning === undefined ? { role, content } : { role, content, reasoning };
     });
   }
   throw new TypeError('input must be a string or an array of {role, content} messages');
@@ -147,4 +160,38 @@ export function toResponseFormat(value) {
     return { type: 'json_schema', schema: value };
   }
   throw new TypeError(`responseFormat: expected 'json', a JSON Schema object or {type, schema}, not ${JSON.stringify(value) ?? String(value)}`);
+}
+
+/**
+ * Normalise a generate `reasoning` option into the wire's Reasoning, checked
+ * against the schema: null stays null (omitted: the model's own default);
+ * `true`/`false` are {enabled: true}/{enabled: false}; an object takes
+ * `enabled` (boolean or null), `budgetTokens`/`budget_tokens` (an integer
+ * >= 0, or null), `effort` ("low", "medium", "high" or null) and
+ * `keepInHistory`/`keep_in_history` (boolean), sent under the wire names.
+ * Anything else is a TypeError, so a typo does not silently think.
+ * @param {unknown} value
+ * @returns {import('./protocol.js').Reasoning | null}
+ */
+export function toReasoning(value) {
+  if (value === null) return null;
+  if (typeof value === 'boolean') return { enabled: value };
+  if (!isPlainObject(value)) {
+    throw new TypeError(`reasoning: expected an object ({enabled, budgetTokens, effort, keepInHistory}), a boolean or null, not ${JSON.stringify(value) ?? String(value)}`);
+  }
+  const fields = toWireFields(value, REASONING_FIELDS, 'reasoning');
+  const { enabled, budget_tokens: budget, effort, keep_in_history: keep } = fields;
+  if (enabled !== undefined && enabled !== null && typeof enabled !== 'boolean') {
+    throw new TypeError(`reasoning.enabled must be a boolean or null, not ${JSON.stringify(enabled)}`);
+  }
+  if (budget !== undefined && budget !== null && !(Number.isSafeInteger(budget) && /** @type {number} */ (budget) >= 0)) {
+    throw new TypeError(`reasoning.budgetTokens must be an integer >= 0 or null, not ${JSON.stringify(budget) ?? String(budget)}`);
+  }
+  if (effort !== undefined && effort !== null && !EFFORTS.includes(/** @type {string} */ (effort))) {
+    throw new TypeError(`reasoning.effort must be "low", "medium", "high" or null, not ${JSON.stringify(effort) ?? String(effort)}`);
+  }
+  if (keep !== undefined && typeof keep !== 'boolean') {
+    throw new TypeError(`reasoning.keepInHistory must be a boolean, not ${JSON.stringify(keep) ?? String(keep)}`);
+  }
+  return /** @type {import('./protocol.js').Reasoning} */ (fields);
 }

@@ -16,13 +16,20 @@ export interface Abort {
 export interface ChatMessage {
   role: "assistant" | "system" | "user";
   content: string;
+  /** @default null */
+  reasoning?: string | null;
 }
 
-/** Event of a `generate`: the next piece of text (valid UTF-8, never part of a stop sequence). */
+/**
+ * Event of a `generate`: the next piece of text (valid UTF-8, never part of a stop sequence).
+ * A chunk carries answer text or thought text, never both, and never a thought's tags.
+ */
 export interface Chunk {
   type: "chunk";
   id: number | string;
   text: string;
+  /** @default "" */
+  reasoning?: string;
 }
 
 /** Abort whatever runs and free the session, context and model. */
@@ -75,6 +82,8 @@ export interface Done {
   timings: Timings;
   /** @default false */
   incomplete?: boolean;
+  /** @default null */
+  reasoning?: string | null;
   /**
    * Schema: integer.
    * @default null
@@ -87,6 +96,17 @@ export interface Done {
   truncated_messages?: number;
 }
 
+/**
+ * End a running generation's thought now: the worker closes it and the model answers.
+ * Answered at once with `ok`, or `not_reasoning` when the target is not thinking.
+ */
+export interface EndReasoning {
+  type: "end_reasoning";
+  id: number | string;
+  /** @default null */
+  target?: number | string | null;
+}
+
 export interface Error {
   type: "error";
   id: number | string | null;
@@ -96,7 +116,7 @@ export interface Error {
 }
 
 /** Every code an `error` frame can carry (pinned: add, never rename). */
-export type ErrorCode = "aborted" | "bad_frame" | "bad_session_file" | "busy" | "context_overflow" | "frame_too_large" | "generation_failed" | "internal" | "invalid_request" | "load_failed" | "model_not_found" | "no_model" | "not_initialized" | "protocol_mismatch" | "reply_too_large" | "session_mismatch" | "unknown_type";
+export type ErrorCode = "aborted" | "bad_frame" | "bad_session_file" | "busy" | "context_overflow" | "frame_too_large" | "generation_failed" | "internal" | "invalid_request" | "load_failed" | "model_not_found" | "no_model" | "not_initialized" | "not_reasoning" | "protocol_mismatch" | "reply_too_large" | "session_mismatch" | "unknown_type";
 
 /** Generate a reply (chat mode) or a continuation (completion mode). */
 export interface Generate {
@@ -115,6 +135,8 @@ export interface Generate {
   min_p?: number | null;
   /** @default "chat" */
   mode?: "chat" | "completion";
+  /** @default null */
+  reasoning?: Reasoning | null;
   /**
    * Schema: exclusiveMinimum 0.
    * @default null
@@ -275,6 +297,10 @@ export interface ModelInfo {
    * @default 0
    */
   n_threads?: number;
+  /** @default "none" */
+  reasoning?: "harmony" | "none" | "think_tags";
+  /** @default false */
+  reasoning_can_disable?: boolean;
   /**
    * Schema: integer.
    * @default 0
@@ -354,6 +380,21 @@ export interface Ready {
    * @default null
    */
   max_frame_size?: number | null;
+}
+
+/** How a reasoning model thinks before it answers (ignored by models that do not). */
+export interface Reasoning {
+  /**
+   * Schema: integer, minimum 0.
+   * @default null
+   */
+  budget_tokens?: number | null;
+  /** @default null */
+  effort?: "high" | "low" | "medium" | null;
+  /** @default null */
+  enabled?: boolean | null;
+  /** @default false */
+  keep_in_history?: boolean;
 }
 
 /** Clear the chat history. */
@@ -508,10 +549,15 @@ export interface Usage {
   cached_tokens: number;
   /** Schema: integer. */
   completion_tokens: number;
+  /**
+   * Schema: integer.
+   * @default 0
+   */
+  reasoning_tokens?: number;
 }
 
 /** Every message a host sends (host -> worker). */
-export type HostMessage = Init | Load | Generate | Abort | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession | Tokenize | Detokenize | Count;
+export type HostMessage = Init | Load | Generate | Abort | EndReasoning | Reset | Ping | Cleanup | Preload | Sessions | CloseSession | SaveSession | RestoreSession | Tokenize | Detokenize | Count;
 
 /** The `type` values of HostMessage. */
 export type HostMessageType = HostMessage['type'];
@@ -523,6 +569,7 @@ export interface HostMessageByType {
   close_session: CloseSession;
   count: Count;
   detokenize: Detokenize;
+  end_reasoning: EndReasoning;
   generate: Generate;
   init: Init;
   load: Load;

@@ -16,6 +16,7 @@ import {
   ModelNotFoundError,
   NoModelError,
   NotInitializedError,
+  NotReasoningError,
   ProtocolMismatchError,
   SessionFileError,
   errorFromFrame,
@@ -123,6 +124,7 @@ test('every error code maps to its class, like host/exceptions.py', () => {
     internal: InternalError,
     session_mismatch: SessionFileError,
     bad_session_file: SessionFileError,
+    not_reasoning: NotReasoningError,
   };
   for (const [code, Cls] of Object.entries(expected)) {
     const retryable = ['busy', 'aborted', 'generation_failed'].includes(code);

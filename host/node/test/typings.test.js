@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 
-import { COUNT_FIELDS, DETOKENIZE_FIELDS, GENERATE_FIELDS, LOAD_FIELDS, PRELOAD_FIELDS, RESET_FIELDS, TOKENIZE_FIELDS } from '../src/options.js';
+import { COUNT_FIELDS, DETOKENIZE_FIELDS, GENERATE_FIELDS, LOAD_FIELDS, PRELOAD_FIELDS, REASONING_FIELDS, RESET_FIELDS, TOKENIZE_FIELDS } from '../src/options.js';
 import { OUTPUT_PATH, SCHEMA_PATH, renderTypings } from '../scripts/gen-typings.js';
 
 const schema = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8'));
@@ -89,6 +89,7 @@ test('the option tables cover every field of their message in the schema', () =>
     ['Tokenize', TOKENIZE_FIELDS, ['type', 'id', 'text']],
     ['Detokenize', DETOKENIZE_FIELDS, ['type', 'id', 'ids']],
     ['Count', COUNT_FIELDS, ['type', 'id', 'input']],
+    ['Reasoning', REASONING_FIELDS, []],
   ];
   for (const [message, table, excluded] of cases) {
     const wireFields = Object.keys(defs[message].properties).filter((f) => !excluded.includes(f));

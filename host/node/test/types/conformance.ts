@@ -37,4 +37,7 @@ export type Checks = [
   Conforms<FramingModule.FrameError, Declared.FrameError>,
   Conforms<typeof OptionsModule.toResponseFormat, typeof Declared.toResponseFormat>,
   Conforms<typeof OptionsModule.GENERATE_FIELDS, typeof Declared.GENERATE_FIELDS>,
+  Conforms<typeof OptionsModule.REASONING_FIELDS, typeof Declared.REASONING_FIELDS>,
+  Conforms<typeof OptionsModule.toReasoning, typeof Declared.toReasoning>,
+  Conforms<ErrorsModule.NotReasoningError, Declared.NotReasoningError>,
 ];

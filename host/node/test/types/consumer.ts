@@ -13,13 +13,28 @@ import {
   IncompleteOutputError,
   LlamaWorkerClient,
   LlamaWorkerError,
+  NotReasoningError,
   PROTOCOL_VERSION,
   Session,
   WorkerCrashedError,
   errorClassForCode,
+  toReasoning,
   toResponseFormat,
 } from 'llama-worker-client';
-import type { ClientOptions, Done, ErrorCode, ExitInfo, GenerateOptions, ModelInfo, SessionInfo, TokenCount } from 'llama-worker-client';
+import type {
+  ClientOptions,
+  Done,
+  ErrorCode,
+  ExitInfo,
+  GenerateCallOptions,
+  GenerateOptions,
+  ModelInfo,
+  Reasoning,
+  ReasoningInput,
+  ResponseChunk,
+  SessionInfo,
+  TokenCount,
+} from 'llama-worker-client';
 
 export async function usage(): Promise<void> {
   const options: ClientOptions = { python: '/app/.venv/bin/python', requestTimeout: null, logLevel: 'info', onLog: (level, message) => console.log(level, message) };
@@ -45,6 +60,37 @@ export async function usage(): Promise<void> {
 
   const reply = await client.chat('Hi', { responseFormat: 'json' }, { onChunk: (text) => console.log(text) });
   console.log(reply.timings);
+  // A reasoning model: the thought streams apart from the answer.
+  const kind: 'none' | 'think_tags' | 'harmony' | undefined = model.reasoning;
+  const canDisable: boolean | undefined = model.reasoning_can_disable;
+  console.log(kind, canDisable);
+  const thoughts: GenerateCallOptions = {
+    onReasoningChunk: (thought) => console.log(thought.length),
+    onResponseChunk: (chunk: ResponseChunk) => console.log(chunk.type === 'reasoning' ? `(${chunk.text})` : chunk.text),
+  };
+  const thinking = client.generate('Is 91 prime?', { reasoning: { budgetTokens: 256, effort: 'low' }, maxTokens: 512 }, thoughts);
+  for await (const text of thinking) console.log(text);
+  const soFar: string = thinking.reasoning;
+  await thinking.endReasoning({ timeout: 1000 }).catch((err: unknown) => err instanceof NotReasoningError);
+  const thought: string | null | undefined = thinking.result?.reasoning;
+  const spent: number | undefined = thinking.result?.usage.reasoning_tokens;
+  console.log(soFar, thought, spent);
+  await client.endReasoning(thinking.id, { timeout: 1000 });
+  await client.endReasoning();
+  const wire: Reasoning | null = toReasoning({ budget_tokens: 0, keep_in_history: true });
+  const off: ReasoningInput = false;
+  await client.chat(
+    [
+      { role: 'user', content: 'Hi' },
+      { role: 'assistant', content: 'Hello.', reasoning: 'Greet back.' },
+      { role: 'user', content: 'Name a colour.' },
+      { role: 'assistant', content: 'My favourite colour is' },
+    ],
+    { reasoning: off, response_format: null },
+    { onChunk: (text) => console.log(text), onReasoningChunk: (text) => console.log(text) },
+  );
+  await client.session('notes').generate('x', { reasoning: wire }, { onResponseChunk: ({ type, text }) => console.log(type, text) }).final();
+
   const pet = await client.chatJson<{ name: string }>('Describe a pet.', { responseFormat: { type: 'object', properties: { name: { type: 'string' } } } });
   console.log(pet.name);
 
@@ -101,6 +147,18 @@ export async function mistakes(client: LlamaWorkerClient): Promise<void> {
   client.on('error', () => {});
   // @ts-expect-error Session handles come from client.session(), not from the constructor
   new Session(client, 'notes');
+  // @ts-expect-error effort is "low", "medium" or "high"
+  client.generate('x', { reasoning: { effort: 'max' } });
+  // @ts-expect-error a typo inside reasoning
+  client.generate('x', { reasoning: { budget: 16 } });
+  // @ts-expect-error keepInHistory is a boolean, never null
+  client.generate('x', { reasoning: { keepInHistory: null } });
+  // @ts-expect-error onResponseChunk gets one {type, text} chunk, not a string
+  client.generate('x', {}, { onResponseChunk: (chunk: string) => console.log(chunk) });
+  // @ts-expect-error a chunk's type is "text" or "reasoning"
+  client.generate('x', {}, { onResponseChunk: (chunk) => chunk.type === 'thought' });
+  // @ts-expect-error endReasoning's target is a request id
+  await client.endReasoning({ target: 3 });
   const options: GenerateOptions = { mode: 'chat' };
   // @ts-expect-error mode is "chat" or "completion"
   options.mode = 'instruct';

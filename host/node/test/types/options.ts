@@ -16,6 +16,8 @@ import type {
   LoadOptions,
   Preload,
   PreloadOptions,
+  Reasoning,
+  ReasoningOptions,
   Reset,
   ResetOptions,
   Tokenize,
@@ -54,6 +56,7 @@ type Options<Interface, Table, Message, Excluded extends keyof Message> = [
 ];
 type AllTrue<T extends readonly boolean[]> = T[number] extends true ? true : false;
 
+
 export type Checks = [
   Expect<AllTrue<Options<LoadOptions, typeof Tables.LOAD_FIELDS, Load, 'type' | 'id'>>>,
   Expect<AllTrue<Options<GenerateOptions, typeof Tables.GENERATE_FIELDS, Generate, 'type' | 'id' | 'input'>>>,
@@ -62,4 +65,5 @@ export type Checks = [
   Expect<AllTrue<Options<TokenizeOptions, typeof Tables.TOKENIZE_FIELDS, Tokenize, 'type' | 'id' | 'text'>>>,
   Expect<AllTrue<Options<DetokenizeOptions, typeof Tables.DETOKENIZE_FIELDS, Detokenize, 'type' | 'id' | 'ids'>>>,
   Expect<AllTrue<Options<CountOptions, typeof Tables.COUNT_FIELDS, Count, 'type' | 'id' | 'input'>>>,
+  Expect<AllTrue<Options<ReasoningOptions, typeof Tables.REASONING_FIELDS, Reasoning, never>>>,
 ];
