@@ -44,6 +44,7 @@ from protocol import (
     Loaded,
     Log,
     ModelInfo,
+    NamedToolChoice,
     Ok,
     Ping,
     Pong,
@@ -69,6 +70,9 @@ from protocol import (
     TokenCount,
     Tokenize,
     Tokens,
+    Tool,
+    ToolCall,
+    ToolCallEvent,
     Usage,
     decode_reply,
     decode_request,
@@ -126,6 +130,18 @@ REQUEST_SAMPLES: list[Any] = [
         reasoning=Reasoning(enabled=False, budget_tokens=0, effort="high", keep_in_history=True),
     ),
     Generate(id=-1, input="plain string input", max_tokens=1, temperature=1.5, top_p=1.0, stop=["x"], seed=0),
+    Generate(
+        id="t-1",
+        input=[
+            ChatMessage(role="user", content="Time in Oslo?"),
+            ChatMessage(role="assistant", content="", tool_calls=[ToolCall(id="call_1", name="get_time", arguments={"city": "Oslo"})]),
+            ChatMessage(role="tool", content="12:00", tool_call_id="call_1", name="get_time"),
+        ],
+        tools=[Tool(name="get_time", description="The time in a city", parameters={"type": "object", "properties": {"city": {"type": "string"}}})],
+        tool_choice=NamedToolChoice(name="get_time"),
+        parallel_tool_calls=False,
+    ),
+    Generate(id="t-2", input="Hi", tools=[Tool(name="noop")], tool_choice="required"),
     Abort(id=4, target="g-3"),
     Abort(id="a-5", target=3),
     EndReasoning(id=5, target="g-3"),
@@ -172,6 +188,7 @@ MODEL_INFO = ModelInfo(
     gpu_layers_offloaded=31,
     reasoning="harmony",
     reasoning_can_disable=True,
+    tool_format="hermes",
 )
 
 SESSION_INFO = SessionInfo(session="notes", messages=4, tokens=131, kv_cached=True, active=False, kv_bytes=3_000_000, system_prompt="Be brief.")
@@ -201,7 +218,9 @@ REPLY_SAMPLES: list[Any] = [
         seed=123,
         incomplete=True,
         reasoning="The user greets; ",
+        tool_calls=[ToolCall(id="call_1", name="get_time", arguments={"city": "Oslo", "nested": [1, {"a": None}]})],
     ),
+    ToolCallEvent(id="g-3", index=0, call=ToolCall(id="call_1", name="get_time", arguments={"city": "Oslo"})),
     Ok(id=4),
     Pong(id="ping-🦙"),
     Error(id=None, code=ErrorCode.BAD_FRAME, message="payload is not valid JSON", retryable=False),
@@ -236,6 +255,9 @@ def _non_default_fields_missing(samples: list[Any]) -> list[str]:
             by_class.setdefault(Reasoning, []).append(m.reasoning)
         if isinstance(m, Reset):
             by_class.setdefault(ChatMessage, []).extend(m.history or [])
+        if isinstance(m, Generate):
+            by_class.setdefault(ChatMessage, []).extend(m.input if isinstance(m.input, list) else [])
+            by_class.setdefault(Tool, []).extend(m.tools or [])
     for cls, instances in by_class.items():
         for f in msgspec.structs.fields(cls):
             if f.required:
@@ -696,7 +718,7 @@ def test_unknown_extra_fields_are_ignored():
         "type": "generate",
         "id": 1,
         "future_field": {"nested": [1, 2, {"x": None}]},
-        "input": [{"role": "user", "content": "hi", "name": "bob", "extra": [1]}],
+        "input": [{"role": "user", "content": "hi", "nickname": "bob", "extra": [1]}],
         "x": None,
         "max_tokens": 9,
     }

@@ -264,3 +264,23 @@ def test_llama_chat_tools_runs_a_modules_functions(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "get_time(" in proc.stderr and "It is noon in" in proc.stderr
     _no_raw(proc.stdout)
+
+
+@pytest.mark.parametrize(("template", "native"), [("qwen3.jinja", True), ("mistral-nemo.jinja", True), ("llama-3.1.jinja", True), (None, False)])
+def test_calls_and_results_render_into_the_prompt(template: str | None, native: bool) -> None:
+    """What the next prompt shows of a call and its result: the template's own syntax, or the generic one."""
+    from worker.chat_format import ChatFormatter
+    from worker.tool_calls import template_message
+
+    source = (REPO_ROOT / "tests" / "templates" / template).read_text() if template else "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+    formatter = ChatFormatter(name="gguf", template_source=source, bos_token="<s>", eos_token="</s>")
+    call_id = "abcDEF123"  # Mistral's templates want 9 letters and digits
+    messages = [
+        {"role": "user", "content": "Time in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "name": "get_time", "arguments": {"city": "Oslo"}}]},
+        {"role": "tool", "content": "TOOL-RESULT-12:00", "tool_call_id": call_id, "name": "get_time"},
+    ]
+    rendered = formatter.render([template_message(m, native) if m["role"] != "user" else m for m in messages], True, {"tools": [{"type": "function", "function": CLOCK}] if native else None})
+    assert "TOOL-RESULT-12:00" in rendered and '"city": "Oslo"' in rendered.replace('"city":"Oslo"', '"city": "Oslo"')
+    if not native:
+        assert "<tool_call>" in rendered and "<tool_response name=get_time>" in rendered
