@@ -53,6 +53,11 @@ class SyncGeneration:
         """Thought text received so far."""
         return self._generation.reasoning
 
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """Tool calls received so far."""
+        return self._generation.tool_calls
+
     def __iter__(self) -> Iterator[str]:
         return self
 
