@@ -255,12 +255,18 @@ export interface GenerateOptions {
    * (`onReasoningChunk`, `Generation.reasoning`, `done.reasoning`).
    */
   reasoning?: Generate['reasoning'] | ReasoningInput;
+  /** Functions the model may call (passed to the worker as they are; calls come in `done.tool_calls`). */
+  tools?: Generate['tools'];
+  toolChoice?: Generate['tool_choice'];
+  parallelToolCalls?: Generate['parallel_tool_calls'];
   max_tokens?: Generate['max_tokens'];
   top_p?: Generate['top_p'];
   top_k?: Generate['top_k'];
   min_p?: Generate['min_p'];
   repeat_penalty?: Generate['repeat_penalty'];
   response_format?: Generate['response_format'] | ResponseFormatInput;
+  tool_choice?: Generate['tool_choice'];
+  parallel_tool_calls?: Generate['parallel_tool_calls'];
 }
 
 /** reset() options. */
@@ -305,7 +311,7 @@ export interface CountOptions {
  * A chat message as accepted by generate() (other properties are dropped): `reasoning` is an
  * assistant turn's thought. The last message may be an assistant one: the reply continues it.
  */
-export type MessageInput = Pick<ChatMessage, 'role' | 'content' | 'reasoning'>;
+export type MessageInput = Pick<ChatMessage, 'role' | 'content' | 'reasoning' | 'tool_calls' | 'tool_call_id' | 'name'>;
 /** generate() input: the next user turn (or the text to continue in completion mode), or a whole conversation. */
 export type GenerateInput = string | readonly MessageInput[];
 

@@ -30,6 +30,9 @@ export const GENERATE_FIELDS = Object.freeze({
   session: 'session',
   responseFormat: 'response_format',
   reasoning: 'reasoning',
+  tools: 'tools',
+  toolChoice: 'tool_choice',
+  parallelToolCalls: 'parallel_tool_calls',
 });
 
 /** generate()'s `reasoning` object: camelCase name -> wire field of the protocol's Reasoning. */
@@ -107,11 +110,15 @@ export function toWireFields(options, table, what) {
   return out;
 }
 
+/** The optional fields of the protocol's ChatMessage, kept when a message has them. */
+const MESSAGE_FIELDS = /** @type {const} */ (['reasoning', 'tool_calls', 'tool_call_id', 'name']);
+
 /**
  * Normalise a generate input: a string (the next user turn, or the text to
- * continue in completion mode) or a list of {role, content, reasoning?}
- * messages (other properties are dropped; `reasoning`, an assistant turn's
- * thoughts, only when given). The roles and contents are the worker's to check.
+ * continue in completion mode) or a list of {role, content} messages with the
+ * protocol's optional fields when given (`reasoning`, an assistant turn's
+ * thoughts; `tool_calls`, `tool_call_id`, `name`); other properties are
+ * dropped. The roles and contents are the worker's to check.
  * @param {unknown} input
  * @returns {string | import('./protocol.js').ChatMessage[]}
  */
@@ -120,8 +127,13 @@ export function toWireInput(input) {
   if (Array.isArray(input)) {
     return input.map((m, i) => {
       if (m === null || typeof m !== 'object') throw new TypeError(`input[${i}] must be a {role, content} object`);
-      const { role, content, reasoning } = /** @type {import('./protocol.js').ChatMessage} */ (m);
-      return reasoning === undefined ? { role, content } : { role, content, reasoning };
+      const message = /** @type {import('./protocol.js').ChatMessage} */ (m);
+      /** @type {import('./protocol.js').ChatMessage} */
+      const out = { role: message.role, content: message.content };
+      for (const field of MESSAGE_FIELDS) {
+        if (message[field] !== undefined) Object.assign(out, { [field]: message[field] });
+      }
+      return out;
     });
   }
   throw new TypeError('input must be a string or an array of {role, content} messages');

@@ -14,10 +14,16 @@ export interface Abort {
 
 /** One turn of a conversation. */
 export interface ChatMessage {
-  role: "assistant" | "system" | "user";
+  role: "assistant" | "system" | "tool" | "user";
   content: string;
   /** @default null */
+  name?: string | null;
+  /** @default null */
   reasoning?: string | null;
+  /** @default null */
+  tool_call_id?: string | null;
+  /** @default null */
+  tool_calls?: ToolCall[] | null;
 }
 
 /**
@@ -77,7 +83,7 @@ export interface Done {
   type: "done";
   id: number | string;
   text: string;
-  stop_reason: "aborted" | "context_full" | "eos" | "max_tokens" | "stop_sequence";
+  stop_reason: "aborted" | "context_full" | "eos" | "max_tokens" | "stop_sequence" | "tool_calls";
   usage: Usage;
   timings: Timings;
   /** @default false */
@@ -89,6 +95,8 @@ export interface Done {
    * @default null
    */
   seed?: number | null;
+  /** @default null */
+  tool_calls?: ToolCall[] | null;
   /**
    * Schema: integer.
    * @default 0
@@ -135,6 +143,8 @@ export interface Generate {
   min_p?: number | null;
   /** @default "chat" */
   mode?: "chat" | "completion";
+  /** @default true */
+  parallel_tool_calls?: boolean;
   /** @default null */
   reasoning?: Reasoning | null;
   /**
@@ -166,6 +176,10 @@ export interface Generate {
    * @default 0.8
    */
   temperature?: number;
+  /** @default null */
+  tool_choice?: "auto" | "none" | "required" | NamedToolChoice | null;
+  /** @default null */
+  tools?: Tool[] | null;
   /**
    * Schema: integer, minimum 0.
    * @default null
@@ -308,8 +322,15 @@ export interface ModelInfo {
   session_cache_bytes?: number;
   /** @default "native" */
   system_prompt_mode?: "merged" | "native";
+  /** @default "generic" */
+  tool_format?: "generic" | "harmony" | "hermes" | "llama3" | "mistral";
   /** @default true */
   use_extra_bufts?: boolean;
+}
+
+/** `tool_choice` naming the one tool to call. */
+export interface NamedToolChoice {
+  name: string;
 }
 
 export interface Ok {
@@ -542,6 +563,33 @@ export interface Tokens {
   count: number;
 }
 
+/** A function the model may call. */
+export interface Tool {
+  /** Schema: minLength 1, maxLength 64. */
+  name: string;
+  /** @default null */
+  description?: string | null;
+  /** @default null */
+  parameters?: Record<string, unknown> | null;
+}
+
+/** A call the model made: which tool, with which arguments (a JSON object valid against its `parameters`). */
+export interface ToolCall {
+  /** Schema: minLength 1, maxLength 256. */
+  id: string;
+  name: string;
+  arguments: Record<string, unknown>;
+}
+
+/** Event of a `generate`: a complete tool call (its raw syntax never appears in any `text`). */
+export interface ToolCallEvent {
+  type: "tool_call";
+  id: number | string;
+  /** Schema: integer. */
+  index: number;
+  call: ToolCall;
+}
+
 export interface Usage {
   /** Schema: integer. */
   prompt_tokens: number;
@@ -583,7 +631,7 @@ export interface HostMessageByType {
 }
 
 /** Every message a worker sends (worker -> host). */
-export type WorkerMessage = Ready | Progress | Loaded | Chunk | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored | Tokens | Text | TokenCount;
+export type WorkerMessage = Ready | Progress | Loaded | Chunk | ToolCallEvent | Done | Ok | Pong | Error | Log | SessionList | Preloaded | Saved | Restored | Tokens | Text | TokenCount;
 
 /** The `type` values of WorkerMessage. */
 export type WorkerMessageType = WorkerMessage['type'];
@@ -606,4 +654,5 @@ export interface WorkerMessageByType {
   text: Text;
   token_count: TokenCount;
   tokens: Tokens;
+  tool_call: ToolCallEvent;
 }

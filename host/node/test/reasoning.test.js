@@ -232,12 +232,15 @@ test('generate() refuses a bad reasoning option unsent, and sends a good one und
   await client.close();
 });
 
-test('assistant messages keep their reasoning in the input; other extra properties are dropped', T, async () => {
+test('input messages keep the protocol fields they have (reasoning, tool calls); other properties are dropped', T, async () => {
   const client = await fake();
+  const call = { id: 'c1', name: 'weather', arguments: { city: 'Oslo' } };
   const input = [
     { role: 'user', content: 'Hi' },
     { role: 'assistant', content: 'Hello.', reasoning: 'Greet back.', extra: 1 },
-    { role: 'user', content: 'Bye' },
+    { role: 'user', content: 'Weather?' },
+    { role: 'assistant', content: '', tool_calls: [call] },
+    { role: 'tool', content: '{"sky": "grey"}', tool_call_id: 'c1', name: 'weather', extra: 2 },
     { role: 'assistant', content: 'Good' },
   ];
   const stream = client.generate(input);
@@ -245,7 +248,9 @@ test('assistant messages keep their reasoning in the input; other extra properti
   assert.deepEqual(stream.request.input, [
     { role: 'user', content: 'Hi' },
     { role: 'assistant', content: 'Hello.', reasoning: 'Greet back.' },
-    { role: 'user', content: 'Bye' },
+    { role: 'user', content: 'Weather?' },
+    { role: 'assistant', content: '', tool_calls: [call] },
+    { role: 'tool', content: '{"sky": "grey"}', tool_call_id: 'c1', name: 'weather' },
     { role: 'assistant', content: 'Good' },
   ]);
   await client.close();
