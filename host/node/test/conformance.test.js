@@ -173,7 +173,8 @@ test('bad input: BadRequestError for invalid message lists and fields; the sessi
   const first = await shared.chat('Hello there.', { maxTokens: 8, temperature: 0 });
   const bad = [
     [],
-    [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }],
+    // (A list ending with an assistant message is a prefill since issue 15: one with nothing to reply to is not.)
+    [{ role: 'assistant', content: 'b' }],
     [{ role: 'user', content: 'a' }, { role: 'system', content: 's' }, { role: 'user', content: 'c' }],
   ];
   for (const input of bad) {

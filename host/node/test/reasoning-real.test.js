@@ -205,3 +205,15 @@ test('a model that does not reason: NotReasoningError while it answers and once 
   assert.equal(asked.usage.reasoning_tokens, 0);
   assert.ok(parts.every((p) => p.type === 'text'));
 });
+
+test('assistant prefill: a list ending with an assistant message is continued; chunks and text hold only the continuation', T, async () => {
+  await use('default');
+  const prefix = 'The three primary colours are';
+  const conversation = [{ role: 'user', content: 'Name the primary colours.' }, { role: 'assistant', content: prefix }];
+  const without = await worker.countTokens(conversation.slice(0, 1));
+  const [result] = await collect(conversation, { maxTokens: 12, ...GREEDY });
+  assert.ok(!result.text.startsWith(prefix), result.text);
+  // The prompt ends with the prefix (no end of turn after it, no new assistant header).
+  assert.equal(result.usage.prompt_tokens, without.tokens + (await worker.tokenize(prefix)).length);
+  assert.equal((await worker.session('default').info()).messages, 2, 'the prefix and its continuation joined the history as one message');
+});
